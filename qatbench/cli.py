@@ -1,0 +1,113 @@
+"""`qatbench run | report | list`: argument parsing only; every command calls the Python API.
+
+Mistakes in the input end in one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from qatbench.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if getattr(args, "quiet", False) else logging.WARNING,
+                        format="qatbench: %(message)s")
+    try:
+        return args.command(args)
+    except UserError as exc:
+        print(f"qatbench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("qatbench: interrupted; finished runs are kept and will be skipped next time", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qatbench", description="Quantization-aware training under distribution shift.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run every run of a suite that has not finished yet")
+    run.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
+    run.add_argument("--results", default="results", help="results folder (default: results)")
+    run.add_argument("--data-root", help="folder holding the datasets (default: $QATBENCH_DATA)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a suite field, e.g. --set training.steps=100 (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished; train nothing")
+    run.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (also: QATBENCH_QUIET=1)")
+    run.set_defaults(command=cmd_run)
+
+    report = commands.add_parser("report", help="tables of the finished runs")
+    report.add_argument("results", nargs="?", default="results", help="results folder (default: results)")
+    report.add_argument("--format", default="md", help="md (default) or latex")
+    report.add_argument("--selection", default="training_domain", help="training_domain (default), oracle or last")
+    report.add_argument("--out", help="also write the report into this folder")
+    report.set_defaults(command=cmd_report)
+
+    listing = commands.add_parser("list", help="what can be named in a suite")
+    listing.add_argument("what", choices=["methods", "datasets", "models"])
+    listing.set_defaults(command=cmd_list)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qatbench.data import resolve_data_root
+    from qatbench.runner import api
+    from qatbench.runner.store import is_finished, run_dir
+
+    suite = api.load_suite(args.suite, args.overrides)
+    results = Path(args.results)
+    if args.dry_run:
+        specs = api.expand(suite)
+        for spec in specs:
+            state = "finished" if is_finished(run_dir(results, spec.suite, spec.run_id)) else "pending"
+            print(f"{spec.run_id}  {state:8s}  {spec.label:10s} {spec.bits_label:5s} {spec.dataset} "
+                  f"test_envs={list(spec.test_envs)} seed={spec.seed} steps={spec.steps}")
+        print(f"{len(specs)} runs in suite '{suite.name}'")
+        return 0
+    data_root = resolve_data_root(args.data_root, suite.data_root)
+    quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
+    summary = api.run(suite, results, data_root=data_root, device=args.device, progress=not quiet)
+    print(summary.line())
+    return 1 if summary.counts.get("failed") else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qatbench import report
+
+    results = Path(args.results)
+    if not results.is_dir():
+        raise UserError(f"{results}: results folder not found (run a suite first: qatbench run suites/quickstart.yaml)")
+    text = report.render(report.load_records(results), format=args.format, selection=args.selection)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"report.{'tex' if args.format == 'latex' else 'md'}").write_text(text)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from qatbench.methods import METHODS as registry
+    elif args.what == "datasets":
+        from qatbench.data import DATASETS as registry
+    else:
+        from qatbench.models import MODELS as registry
+    for entry in registry.entries():
+        kind = getattr(entry.factory, "kind", None)
+        details = " · ".join(x for x in (kind, entry.summary, entry.paper) if x)
+        print(f"{entry.name:14s} {details}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

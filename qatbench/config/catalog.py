@@ -1,0 +1,33 @@
+"""What the config layer must know about the registries, without importing them.
+
+The config layer sits below methods, datasets and models, so it cannot look them up itself;
+whoever loads a suite (the runner, the public API) passes a `Catalog` built from the registries.
+"""
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+MethodKind = Literal["fp", "qat"]
+
+
+class Catalog(Protocol):
+    def method_names(self) -> list[str]: ...
+
+    def method_kind(self, name: str) -> MethodKind: ...
+
+    def method_hparams(self, name: str) -> type:
+        """The frozen dataclass of the method's hyperparameters (defaults = paper values)."""
+        ...
+
+    def dataset_names(self) -> list[str]: ...
+
+    def dataset_environments(self, name: str) -> list[str] | None:
+        """Environment names in order, or None when only the data on disk can tell."""
+        ...
+
+    def model_names(self) -> list[str]: ...
+
+    def check_options(self, kind: Literal["dataset", "model"], name: str, options: dict, where: str) -> None:
+        """Raise a UserError at `where` for an option the dataset or model factory does not take."""
+        ...
+

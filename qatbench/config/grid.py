@@ -1,0 +1,152 @@
+"""From a validated suite to the list of runs: names checked against the registries, hparams
+filled with the methods' paper defaults, and the grid methods x datasets x models x test envs x
+bits x seeds expanded into RunSpecs."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from qatbench.config.catalog import Catalog
+from qatbench.config.spec import QuantSpec, RunSpec, parse_bits
+from qatbench.config.suite import DatasetEntry, MethodEntry, Suite
+from qatbench.errors import UserError, allowed_list, did_you_mean
+
+Blame = Callable[[Sequence[str | int]], str]
+
+
+def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
+    """Raise a one-line UserError for the first name or hparam the registries do not know."""
+    for i, entry in enumerate(suite.methods):
+        _check_method(entry, catalog, blame, ["methods", i])
+    if suite.parent is not None:
+        _check_method(suite.parent, catalog, blame, ["parent"])
+        if catalog.method_kind(suite.parent.name) != "fp":
+            raise UserError(f"{blame(['parent', 'name'])}: the parent of QAT runs must be a full-precision method, "
+                            f"got '{suite.parent.name}'")
+    for i, entry in enumerate(suite.datasets):
+        _check_name(entry.name, catalog.dataset_names(), "dataset", blame(["datasets", i, "name"]))
+        for key in entry.options:
+            catalog.check_options("dataset", entry.name, {key: None}, blame(["datasets", i, "options", key]))
+        resolve_test_envs(entry, catalog, lambda loc, i=i: blame(["datasets", i, *loc]))
+    for i, entry in enumerate(suite.models):
+        _check_name(entry.name, catalog.model_names(), "model", blame(["models", i, "name"]))
+        for key in entry.options:
+            catalog.check_options("model", entry.name, {key: None}, blame(["models", i, "options", key]))
+
+
+def _check_name(name: str, allowed: list[str], kind: str, where: str) -> None:
+    if name not in allowed:
+        raise UserError(f"{where}: unknown {kind} '{name}'{did_you_mean(name, allowed)}; allowed: {allowed_list(allowed)}")
+
+
+def _check_method(entry: MethodEntry, catalog: Catalog, blame: Blame, loc: list[str | int]) -> None:
+    _check_name(entry.name, catalog.method_names(), "method", blame([*loc, "name"]))
+    resolve_hparams(catalog.method_hparams(entry.name), entry.hparams, lambda key: blame([*loc, "hparams", *key]))
+
+
+def resolve_hparams(hparams_cls: type, given: dict[str, Any], blame: Callable[[list], str]) -> dict[str, Any]:
+    """The method's full hparams: its paper defaults updated with `given`, types checked."""
+    allowed = [f.name for f in fields(hparams_cls)]
+    for key in given:
+        if key not in allowed:
+            raise UserError(f"{blame([key])}: unknown hparam '{key}'{did_you_mean(key, allowed)}; "
+                            f"allowed: {allowed_list(allowed)}")
+    try:
+        value = TypeAdapter(hparams_cls).validate_python(dict(given))
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        key = [p for p in error["loc"] if isinstance(p, str)][:1]
+        raise UserError(f"{blame(key)}: {error['msg']} (got {error.get('input')!r})") from None
+    return asdict(value)
+
+
+def resolve_test_envs(entry: DatasetEntry, catalog: Catalog, blame: Blame) -> list[tuple[int, ...]]:
+    """Each item of `test_envs` as a tuple of environment indices ("all": each one in turn)."""
+    names = catalog.dataset_environments(entry.name)
+    if entry.test_envs == "all":
+        if names is None:
+            raise UserError(f"{blame(['test_envs'])}: '{entry.name}' learns its environments from disk; "
+                            f"list the test environments explicitly")
+        return [(i,) for i in range(len(names))]
+    groups = []
+    for i, item in enumerate(entry.test_envs):
+        members = item if isinstance(item, list) else [item]
+        groups.append(tuple(sorted({_env_index(m, names, entry.name, blame(["test_envs", i])) for m in members})))
+    return groups
+
+
+def _env_index(item: int | str, names: list[str] | None, dataset: str, where: str) -> int:
+    if isinstance(item, int):
+        if names is not None and not 0 <= item < len(names):
+            raise UserError(f"{where}: environment index {item} is out of range; {dataset} has "
+                            f"{len(names)} environments: {', '.join(f'{j}={n}' for j, n in enumerate(names))}")
+        return item
+    if names is None:
+        raise UserError(f"{where}: name test environments of '{dataset}' by index")
+    if item not in names:
+        raise UserError(f"{where}: unknown environment '{item}'{did_you_mean(item, names)}; "
+                        f"{dataset} has: {', '.join(names)}")
+    return names.index(item)
+
+
+def parent_entry(suite: Suite) -> MethodEntry:
+    """The FP method QAT runs are fine-tuned from: `parent`, else the suite's `erm`, else `erm`."""
+    if suite.parent is not None:
+        return suite.parent
+    return next((m for m in suite.methods if m.name == "erm"), MethodEntry(name="erm"))
+
+
+def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
+    """Every run the suite asks for, in a stable order (parents are added by the runner)."""
+    no_blame: Blame = lambda loc: "suite"  # noqa: E731  (the suite was checked by check_suite)
+    specs: list[RunSpec] = []
+    parent = parent_entry(suite)
+    bit_pairs = [parse_bits(b) for b in suite.bits]
+    for dataset in suite.datasets:
+        for test_envs in resolve_test_envs(dataset, catalog, no_blame):
+            for model in suite.models:
+                for seed in suite.seeds:
+                    common = dict(
+                        dataset=dataset.name,
+                        dataset_options=dataset.options,
+                        test_envs=test_envs,
+                        holdout_fraction=dataset.holdout_fraction,
+                        data_seed=seed if dataset.data_seed is None else dataset.data_seed,
+                        model=model.name,
+                        model_options=model.options,
+                        seed=seed,
+                        batch_size=suite.training.batch_size,
+                        eval_every=suite.training.eval_every,
+                        eval_batch_size=suite.training.eval_batch_size,
+                        suite=suite.name,
+                    )
+                    steps = suite.training.steps
+                    fp_parent = _spec(parent, catalog, common, steps, quant=None, parent=None)
+                    for method in suite.methods:
+                        if catalog.method_kind(method.name) == "fp":
+                            specs.append(_spec(method, catalog, common, steps, quant=None, parent=None))
+                            continue
+                        for w_bits, a_bits in bit_pairs:
+                            quant = QuantSpec(w_bits, a_bits, **suite.quant.model_dump())
+                            specs.append(_spec(method, catalog, common, steps, quant=quant, parent=fp_parent))
+    return _unique(specs)
+
+
+def _spec(entry: MethodEntry, catalog: Catalog, common: dict, default_steps: int, *, quant, parent) -> RunSpec:
+    hparams = resolve_hparams(catalog.method_hparams(entry.name), entry.hparams, lambda key: "suite")
+    steps = entry.steps if entry.steps is not None else default_steps
+    return RunSpec(method=entry.name, label=entry.label or entry.name, hparams=hparams, quant=quant,
+                   parent=parent, steps=steps, **common)
+
+
+def _unique(specs: list[RunSpec]) -> list[RunSpec]:
+    seen: set[str] = set()
+    unique = []
+    for spec in specs:
+        if spec.run_id not in seen:
+            seen.add(spec.run_id)
+            unique.append(spec)
+    return unique

@@ -1,0 +1,126 @@
+"""The values that name a run: `QuantSpec` (how a model is quantized) and `RunSpec` (one run).
+
+A run is a pure function of its RunSpec, so the RunSpec's hash is the run id: the same
+experiment gets the same folder in every sweep, on every machine, and is never trained twice.
+Only semantic fields enter the hash; names of folders, devices and labels never do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+FirstLast = Literal["8bit", "fp", "same"]
+FIRST_LAST_CHOICES = ("8bit", "fp", "same")
+QUANTIZERS = ("lsq",)
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to fake-quantize a model: one immutable value, recorded whole with every run.
+
+    Defaults follow LSQ (Esser et al., ICLR 2020, "Learned Step Size Quantization"): one step
+    size per tensor, first and last layers at 8 bits.
+    """
+
+    w_bits: int
+    a_bits: int
+    quantizer: str = "lsq"
+    w_per_channel: bool = False  # LSQ paper: per tensor; FQAT/GAQAT authors' code: per channel
+    first_last: FirstLast = "8bit"  # LSQ paper: 8-bit; "fp" keeps them float; "same" quantizes them like the rest
+
+    def __post_init__(self):
+        for name in ("w_bits", "a_bits"):
+            bits = getattr(self, name)
+            if not (isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS):
+                raise ValueError(f"{name} must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+        if self.first_last not in FIRST_LAST_CHOICES:
+            raise ValueError(f"first_last must be one of {FIRST_LAST_CHOICES}, got {self.first_last!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+
+    @property
+    def label(self) -> str:
+        return f"W{self.w_bits}A{self.a_bits}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """'W4A4' -> (4, 4); the notation of the papers' tables."""
+    upper = text.strip().upper()
+    if upper.startswith("W") and "A" in upper:
+        w, a = upper[1:].split("A", 1)
+        if w.isdigit() and a.isdigit():
+            return int(w), int(a)
+    raise ValueError(f"bits must look like 'W4A4', got {text!r}")
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: everything that changes its numbers, and nothing else in the id."""
+
+    method: str
+    dataset: str
+    test_envs: tuple[int, ...]
+    model: str
+    seed: int
+    steps: int
+    batch_size: int
+    eval_every: int
+    data_seed: int
+    holdout_fraction: float
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    quant: QuantSpec | None = None
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    parent: RunSpec | None = None
+    # not semantic: where and how it is shown, never part of the id
+    suite: str = field(default="", compare=False)
+    label: str = field(default="", compare=False)
+    eval_batch_size: int = field(default=256, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "test_envs", tuple(self.test_envs))
+        object.__setattr__(self, "hparams", _frozen(self.hparams))
+        object.__setattr__(self, "dataset_options", _frozen(self.dataset_options))
+        object.__setattr__(self, "model_options", _frozen(self.model_options))
+        if not self.label:
+            object.__setattr__(self, "label", self.method)
+
+    @property
+    def bits_label(self) -> str:
+        return self.quant.label if self.quant else "FP"
+
+    def semantic(self) -> dict[str, Any]:
+        """The fields that define the experiment, as plain JSON-able values."""
+        return {
+            "method": self.method,
+            "hparams": dict(self.hparams),
+            "dataset": self.dataset,
+            "dataset_options": dict(self.dataset_options),
+            "test_envs": list(self.test_envs),
+            "data_seed": self.data_seed,
+            "holdout_fraction": self.holdout_fraction,
+            "model": self.model,
+            "model_options": dict(self.model_options),
+            "quant": self.quant.to_dict() if self.quant else None,
+            "seed": self.seed,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "eval_every": self.eval_every,
+            "parent": self.parent.run_id if self.parent else None,
+        }
+
+    @property
+    def run_id(self) -> str:
+        canonical = json.dumps(self.semantic(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,231 @@
+"""The suite file: its schema, how it is read, overridden with --set, and explained when wrong.
+
+Every mistake in a suite becomes one line that names the file (or the --set option), the key
+path and what is allowed, with the nearest allowed name when there is one: a researcher
+scaling a paper-size suite down at 2 a.m. should never have to read a traceback.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qatbench.config.spec import FIRST_LAST_CHOICES, MAX_BITS, MIN_BITS, parse_bits
+from qatbench.errors import UserError, allowed_list, did_you_mean
+
+
+def _check_bits(text: str) -> str:
+    w, a = parse_bits(text)
+    if not (MIN_BITS <= w <= MAX_BITS and MIN_BITS <= a <= MAX_BITS):
+        raise ValueError(f"bit widths must be from {MIN_BITS} to {MAX_BITS}, got {text!r}")
+    return text.upper()
+
+
+Bits = Annotated[str, AfterValidator(_check_bits)]  # "W4A4": 4-bit weights, 4-bit activations
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _name_only(value: Any) -> Any:
+    """Allow `- erm` as shorthand for `- {name: erm}` in lists of entries."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class MethodEntry(_Strict):
+    name: str
+    label: str | None = None  # row name in reports; defaults to the method name
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    steps: int | None = Field(default=None, ge=0)  # overrides training.steps for this method
+
+
+class DatasetEntry(_Strict):
+    name: str
+    # "all": leave-one-domain-out over every environment; a list: one run per item, each an
+    # environment index, an environment name, or a list of them (several test envs at once)
+    test_envs: Union[Literal["all"], list[Union[int, str, list[Union[int, str]]]]] = "all"
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # DomainBed's default
+    data_seed: int | None = None  # None: the run's seed, as DomainBed's trial seed
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelEntry(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingConfig(_Strict):
+    steps: int = Field(default=5000, ge=0)  # DomainBed / SAGM: 5,000 steps
+    batch_size: int = Field(default=32, ge=1)  # per training environment, DomainBed's default
+    eval_every: int = Field(default=200, ge=1)  # SAGM's checkpoint frequency
+    eval_batch_size: int = Field(default=256, ge=1)
+
+
+class QuantConfig(_Strict):
+    """QuantSpec fields shared by every bit width of the suite."""
+
+    quantizer: Literal["lsq"] = "lsq"
+    w_per_channel: bool = False
+    first_last: Literal[FIRST_LAST_CHOICES] = "8bit"  # type: ignore[valid-type]
+
+
+class Suite(_Strict):
+    name: str
+    description: str = ""
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    models: list[ModelEntry] = Field(min_length=1)
+    methods: list[MethodEntry] = Field(min_length=1)
+    bits: list[Bits] = Field(default_factory=lambda: ["W4A4"], min_length=1)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    # the full-precision run a QAT method starts from; default: the suite's `erm` entry
+    parent: MethodEntry | None = None
+    data_root: str | None = None
+
+    _as_entries = field_validator("datasets", "models", "methods", mode="before")(
+        lambda value: [_name_only(v) for v in value] if isinstance(value, list) else value
+    )
+    _parent_as_entry = field_validator("parent", mode="before")(_name_only)
+
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def load_suite_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], set[str]]:
+    """Read the YAML and apply `--set key=value` overrides; returns the raw dict and which key
+    paths the overrides touched (so errors can blame the right source)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: suite file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the suite file: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a suite must be a YAML mapping of keys (name, datasets, models, methods, ...)")
+    raw.setdefault("name", path.stem)
+    touched = set()
+    for item in overrides:
+        touched.add(apply_override(raw, item))
+    return raw, touched
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def split_key_path(key: str) -> list[str | int]:
+    """'methods[1].hparams.lr' or 'methods.1.hparams.lr' -> ['methods', 1, 'hparams', 'lr']."""
+    parts: list[str | int] = []
+    for piece in _INDEX.sub(r".\1", key).split("."):
+        if piece == "":
+            raise UserError(f"--set {key}: empty part in the key path")
+        parts.append(int(piece) if piece.isdigit() else piece)
+    return parts
+
+
+def apply_override(raw: dict[str, Any], item: str) -> str:
+    """Set one dotted key path in the raw suite dict from 'key=value' (value parsed as YAML)."""
+    if "=" not in item:
+        raise UserError(f"--set {item}: expected key=value, e.g. --set training.steps=100")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = split_key_path(key.strip())
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        node = _descend(node, part, parts[: depth + 1], item)
+    last = parts[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise UserError(f"--set {item}: '{format_loc(parts)}' is not an index of a list of {len(node)} items")
+        node[last] = value
+    elif isinstance(node, dict):
+        node[str(last)] = value
+    else:
+        raise UserError(f"--set {item}: '{format_loc(parts[:-1])}' holds a value, not keys")
+    return format_loc(parts)
+
+
+def _descend(node: Any, part: str | int, loc: list[str | int], item: str) -> Any:
+    if isinstance(node, list):
+        if not isinstance(part, int) or part >= len(node):
+            raise UserError(f"--set {item}: '{format_loc(loc)}' is not an index of a list of {len(node)} items")
+        if isinstance(node[part], str):  # `- lsq` shorthand gains keys: {name: lsq, ...}
+            node[part] = {"name": node[part]}
+        return node[part]
+    if isinstance(node, dict):
+        key = str(part)
+        if node.get(key) is None:
+            node[key] = {}
+        return node[key]
+    raise UserError(f"--set {item}: '{format_loc(loc[:-1])}' holds a value, not keys")
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<top level>"
+
+
+def blame(path: str | os.PathLike, loc: Sequence[str | int], touched: set[str]) -> str:
+    """'suites/x.yaml: methods[1].name' or '--set methods[1].name' when an override set it."""
+    where = format_loc(loc)
+    for key in touched:
+        if where == key or where.startswith(key + ".") or where.startswith(key + "["):
+            return f"--set {key}"
+    return f"{path}: {where}"
+
+
+def parse_suite(path: str | os.PathLike, raw: dict[str, Any], touched: set[str]) -> Suite:
+    try:
+        return Suite.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(explain_validation_error(exc, path, raw, touched)) from None
+
+
+def explain_validation_error(exc: ValidationError, path, raw: dict[str, Any], touched: set[str]) -> str:
+    error = exc.errors(include_url=False)[0]
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        key = loc[-1]
+        return f"{blame(path, loc, touched)}: unknown key '{key}'{did_you_mean(str(key), allowed)}; allowed: {allowed_list(allowed)}"
+    if error["type"] == "missing":
+        return f"{blame(path, loc, touched)}: required key is missing"
+    if error["type"] == "value_error":  # our own validators name the bad value themselves
+        return f"{blame(path, loc, touched)}: {error['msg'].removeprefix('Value error, ')}"
+    return f"{blame(path, loc, touched)}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
+    """Field names of the schema model found at `loc` inside a Suite."""
+    model: type[BaseModel] = Suite
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        model = next((t for t in _model_types(annotation)), model)
+    return list(model.model_fields)
+
+
+def _model_types(annotation: Any):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _model_types(arg)

@@ -1,0 +1,61 @@
+"""A multi-domain dataset as DomainBed frames it: environments, each split into `in` and `out`.
+
+Splits depend only on the data seed and the environment index (never on the method, its
+hparams or the run seed), so every method of a suite sees the same training and validation
+images, and a QAT run fine-tuned from its FP parent never validates on what the parent saw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+
+@dataclass
+class DomainDataset:
+    """Environments of one dataset, in the order of `environments`."""
+
+    name: str
+    environments: list[str]
+    envs: list[Dataset]
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def __post_init__(self):
+        if len(self.environments) != len(self.envs):
+            raise ValueError(f"{self.name}: {len(self.environments)} environment names for {len(self.envs)} environments")
+
+
+@dataclass
+class EnvSplit:
+    """One environment cut in two: `in` trains (or is the test domain), `out` validates."""
+
+    name: str
+    in_split: Dataset
+    out_split: Dataset
+
+
+def split_seed(data_seed: int, env_index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([data_seed, env_index]))
+
+
+def split_environments(dataset: DomainDataset, holdout_fraction: float, data_seed: int) -> list[EnvSplit]:
+    """Each environment's `out` split is a seeded `holdout_fraction` of it (DomainBed's holdout)."""
+    splits = []
+    for i, (name, env) in enumerate(zip(dataset.environments, dataset.envs)):
+        order = split_seed(data_seed, i).permutation(len(env))
+        n_out = int(len(env) * holdout_fraction)
+        out_idx, in_idx = np.sort(order[:n_out]), np.sort(order[n_out:])
+        splits.append(EnvSplit(name, _subset(env, in_idx), _subset(env, out_idx)))
+    return splits
+
+
+def _subset(env: Dataset, indices: np.ndarray) -> Dataset:
+    """In-memory tensor environments stay tensors (fast batched indexing); others get a Subset."""
+    tensors = getattr(env, "tensors", None)
+    if tensors is not None:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return torch.utils.data.TensorDataset(*(t[index] for t in tensors))
+    return Subset(env, indices.tolist())

@@ -1,0 +1,58 @@
+"""The interface every training method implements, DomainBed-style: one `update` per step.
+
+    method = METHODS.get(name)(model, num_classes, hparams, teacher=..., quant=..., total_steps=...)
+    losses = method.update(minibatches)   # one optimisation step; minibatches: [(x, y), ...] per env
+    logits = method.predict(x)
+
+The runner builds, quantizes and hands over the model (and, for methods that need one, the
+frozen full-precision teacher); methods never read files. Each method declares a frozen
+`HParams` dataclass next to its code whose defaults are its paper's values, with a comment
+saying where each comes from.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from qatbench.config.spec import QuantSpec
+
+Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Method:
+    kind: ClassVar[str] = "fp"
+    HParams: ClassVar[type]
+
+    def __init__(self, model: nn.Module, num_classes: int, hparams: Mapping[str, Any], *,
+                 teacher: nn.Module | None = None, quant: QuantSpec | None = None, total_steps: int = 1):
+        self.model = model
+        self.num_classes = num_classes
+        self.hparams = self.HParams(**dict(hparams))
+        self.teacher = teacher
+        self.quant = quant
+        self.total_steps = max(int(total_steps), 1)
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def effective_hparams(self) -> dict[str, Any]:
+        """The hparams as used, with any default that depends on the run filled in."""
+        return dataclasses.asdict(self.hparams)
+
+    def train(self) -> None:
+        self.model.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+
+
+def concat(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor]:
+    """All environments' minibatches as one batch (methods that ignore domain labels)."""
+    return torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches])

@@ -1,0 +1,67 @@
+"""Turn a float model into a fake-quantized one, and initialise its step sizes from data."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from qatbench.config.spec import QuantSpec
+from qatbench.quant.layers import QuantConv2d, QuantLinear
+from qatbench.quant.lsq import LsqQuantizer
+
+FIRST_LAST_8BIT = 8
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
+    """A copy of `model` whose Conv2d and Linear layers fake-quantize weights and inputs.
+
+    The first and the last of those layers (in registration order: the stem and the
+    classifier of every torchvision-style network) follow `spec.first_last`: 8 bits (LSQ),
+    float ("fp"), or the spec's bits ("same"). The float model is left untouched.
+    """
+    quantized = copy.deepcopy(model)
+    names = [name for name, m in quantized.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    edges = {names[0], names[-1]} if names else set()
+    for name in names:
+        w_bits, a_bits = spec.w_bits, spec.a_bits
+        if name in edges:
+            if spec.first_last == "fp":
+                continue
+            if spec.first_last == "8bit":
+                w_bits = a_bits = FIRST_LAST_8BIT
+        layer = quantized.get_submodule(name)
+        cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        _replace(quantized, name, cls.from_float(layer, w_bits, a_bits, per_channel=spec.w_per_channel))
+    return quantized
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def quantizers(model: nn.Module) -> list[LsqQuantizer]:
+    return [m for m in model.modules() if isinstance(m, LsqQuantizer)]
+
+
+def step_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The learnable step sizes (optimisers often treat them apart from the weights)."""
+    return [q.step for q in quantizers(model)]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Initialise every step size from one batch (LSQ: 2 mean|v| / sqrt(Q_P)).
+
+    Runs in eval mode so BN running statistics do not move, then restores the mode.
+    Quantizers initialise in forward order, so each activation step sees the already-quantized
+    upstream activations it will see in training.
+    """
+    for quantizer in quantizers(model):
+        quantizer.reset()
+    was_training = model.training
+    model.eval()
+    model(x)
+    model.train(was_training)
+    return model

@@ -1,0 +1,63 @@
+"""Convolution and linear layers that fake-quantize their input and their weight.
+
+Quantizing the input (not the output) of every conv/linear is LSQ's placement: the integer
+matmul sees integer activations and integer weights; BN and ReLU stay in float.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from qatbench.quant.lsq import LsqQuantizer
+
+
+def _attach_quantizers(layer: nn.Module, w_bits: int, a_bits: int, per_channel: bool) -> None:
+    layer.w_quant = LsqQuantizer(w_bits, "weight", per_channel=per_channel, channels=layer.weight.shape[0])
+    layer.a_quant = LsqQuantizer(a_bits, "activation")
+
+
+@torch.no_grad()
+def _copy_parameters(source: nn.Module, target: nn.Module) -> nn.Module:
+    target.weight.copy_(source.weight)
+    target.weight.requires_grad_(source.weight.requires_grad)
+    if source.bias is not None:
+        target.bias.copy_(source.bias)
+        target.bias.requires_grad_(source.bias.requires_grad)
+    return target.to(source.weight.device)
+
+
+class QuantConv2d(nn.Conv2d):
+    """nn.Conv2d with LSQ fake quantization of its input and weight."""
+
+    def __init__(self, *args, w_bits: int, a_bits: int, per_channel: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        _attach_quantizers(self, w_bits, a_bits, per_channel)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, per_channel: bool = False) -> QuantConv2d:
+        quantized = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                        padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                        bias=conv.bias is not None, padding_mode=conv.padding_mode, dtype=conv.weight.dtype,
+                        w_bits=w_bits, a_bits=a_bits, per_channel=per_channel)
+        return _copy_parameters(conv, quantized)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.a_quant(x), self.w_quant(self.weight), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    """nn.Linear with LSQ fake quantization of its input and weight."""
+
+    def __init__(self, *args, w_bits: int, a_bits: int, per_channel: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        _attach_quantizers(self, w_bits, a_bits, per_channel)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, w_bits: int, a_bits: int, per_channel: bool = False) -> QuantLinear:
+        quantized = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                        dtype=linear.weight.dtype, w_bits=w_bits, a_bits=a_bits, per_channel=per_channel)
+        return _copy_parameters(linear, quantized)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.a_quant(x), self.w_quant(self.weight), self.bias)

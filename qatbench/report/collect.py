@@ -1,0 +1,48 @@
+"""Records on disk -> pandas. The only way any table or figure learns about a run."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+RECORD = "record.json"  # the runner's file names (qatbench.runner.store), repeated so report stays torch-free
+CURVE = "curve.jsonl"
+
+
+def load_records(results: str | Path = "results") -> pd.DataFrame:
+    """One row per record.json under `results` (any depth), every status; `run_dir` added.
+
+    Unreadable records are reported in the log and skipped; they never stop a report.
+    """
+    rows = []
+    for path in sorted(Path(results).rglob(RECORD)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("skipping unreadable record %s: %s", path, exc)
+            continue
+        if not isinstance(record, dict):
+            log.warning("skipping record %s: not a JSON object", path)
+            continue
+        record["run_dir"] = str(path.parent)
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
+def load_curves(records: pd.DataFrame) -> pd.DataFrame:
+    """The evaluation curves of the given runs, long format: one row per (run_id, step)."""
+    frames = []
+    for run_id, run_dir, curve_file in records[["run_id", "run_dir", "curve_file"]].itertuples(index=False):
+        path = Path(run_dir) / (curve_file or CURVE)
+        try:  # json, not pd.read_json: its default float parser is not exact
+            curve = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        except (OSError, ValueError) as exc:
+            log.warning("run %s: no readable curve at %s (%s)", run_id, path, exc)
+            continue
+        if not curve.empty:
+            frames.append(curve.assign(run_id=run_id))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "step"])

@@ -1,0 +1,35 @@
+"""The registries, seen through the `Catalog` the config layer validates suites against."""
+from __future__ import annotations
+
+from qatbench.config import MethodKind
+from qatbench.data import DATASETS
+from qatbench.methods import METHODS
+from qatbench.models import MODELS
+
+
+class RegistryCatalog:
+    def method_names(self) -> list[str]:
+        return METHODS.names()
+
+    def method_kind(self, name: str) -> MethodKind:
+        return METHODS.get(name).kind
+
+    def method_hparams(self, name: str) -> type:
+        return METHODS.get(name).HParams
+
+    def dataset_names(self) -> list[str]:
+        return DATASETS.names()
+
+    def dataset_environments(self, name: str) -> list[str] | None:
+        return DATASETS.entry(name).meta.get("environments")
+
+    def model_names(self) -> list[str]:
+        return MODELS.names()
+
+    def check_options(self, kind: str, name: str, options: dict, where: str) -> None:
+        # factories take (root, data_seed, **options) and (input_shape, num_classes, **options)
+        registry = DATASETS if kind == "dataset" else MODELS
+        registry.check_options(name, 2, options, where)
+
+
+CATALOG = RegistryCatalog()

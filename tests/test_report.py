@@ -1,0 +1,115 @@
+"""Report tables on synthetic records with hand-computed numbers; the report layer never
+imports torch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qatbench import report
+from qatbench.report.select import LastCheckpoint, TestDomainOracle, TrainingDomainValidation
+from tests.conftest import ROOT
+
+ENVS = ["0", "15", "30"]
+
+
+def _write_run(results: Path, run_id: str, *, label: str, bits: str, seed: int, test_env: int,
+               curve: list[tuple[float, float, float]], status: str = "done", error: str = "") -> None:
+    """curve: (id_acc, ood_acc, test-env out acc) per evaluation, at steps 10, 20, ..."""
+    folder = results / "suite" / run_id
+    folder.mkdir(parents=True)
+    rows = [{"step": 10 * (k + 1), "loss": 1.0, "id_acc": i, "ood_acc": o, f"env{test_env}_out_acc": t}
+            for k, (i, o, t) in enumerate(curve)]
+    (folder / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = {"run_id": run_id, "suite": "suite", "dataset": "RotatedMNIST", "model": "small_cnn", "label": label,
+              "method": label, "bits": bits, "w_bits": 32 if bits == "FP" else int(bits[1]), "seed": seed,
+              "test_envs": [test_env], "environments": ENVS, "status": status, "error": error,
+              "curve_file": "curve.jsonl"}
+    (folder / "record.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    # erm, FP: test env 0 and 2, seeds 0 and 1; selection by best id_acc picks the middle row
+    _write_run(tmp_path, "a", label="erm", bits="FP", seed=0, test_env=0, curve=[(0.5, 0.1, 0.9), (0.9, 0.60, 0.1), (0.8, 0.7, 0.2)])
+    _write_run(tmp_path, "b", label="erm", bits="FP", seed=1, test_env=0, curve=[(0.9, 0.70, 0.5)])
+    _write_run(tmp_path, "c", label="erm", bits="FP", seed=0, test_env=2, curve=[(0.9, 0.80, 0.5)])
+    _write_run(tmp_path, "d", label="erm", bits="FP", seed=1, test_env=2, curve=[(0.9, 0.90, 0.5)])
+    # lsq_v2, W4A4: one seed is missing test env 2, one run failed
+    _write_run(tmp_path, "e", label="lsq_v2", bits="W4A4", seed=0, test_env=0, curve=[(0.8, 0.50, 0.5)])
+    _write_run(tmp_path, "f", label="lsq_v2", bits="W4A4", seed=1, test_env=0, curve=[(0.8, 0.40, 0.5)])
+    _write_run(tmp_path, "g", label="lsq_v2", bits="W4A4", seed=0, test_env=2, curve=[(0.8, 0.30, 0.5)])
+    _write_run(tmp_path, "h", label="lsq_v2", bits="W4A4", seed=1, test_env=2, curve=[], status="failed",
+               error="RuntimeError: out of memory")
+    return tmp_path
+
+
+def test_tables_hold_mean_and_sample_std_over_seeds_with_training_domain_validation(results):
+    tables = report.build_tables(report.load_records(results), report.load_curves(report.load_records(results)),
+                                 TrainingDomainValidation())
+    [table] = tables
+    assert table.title == "suite · RotatedMNIST · small_cnn"
+    assert list(table.mean.index) == [("erm", "FP"), ("lsq_v2", "W4A4")]
+    erm = table.mean.loc[("erm", "FP")]
+    assert erm[("OOD", "0")] == pytest.approx(65.0)  # seeds: 60 (selected step 20), 70
+    assert table.std.loc[("erm", "FP"), ("OOD", "0")] == pytest.approx(7.0710678)  # sample std of 60, 70
+    assert erm[("OOD", "30")] == pytest.approx(85.0)
+    assert erm[("OOD", "Avg")] == pytest.approx(75.0)  # per seed: (60+80)/2=70, (70+90)/2=80
+    assert table.std.loc[("erm", "FP"), ("OOD", "Avg")] == pytest.approx(7.0710678)
+    assert erm[("I.D.", "0")] == pytest.approx(90.0)
+    lsq = table.mean.loc[("lsq_v2", "W4A4")]
+    assert lsq[("OOD", "0")] == pytest.approx(45.0)
+    assert lsq[("OOD", "30")] == pytest.approx(30.0) and table.n.loc[("lsq_v2", "W4A4"), ("OOD", "30")] == 1
+    assert lsq[("OOD", "Avg")] == pytest.approx(40.0)  # only seed 0 has both domains: (50+30)/2
+
+
+@pytest.mark.parametrize("selection, expected", [(TrainingDomainValidation(), 0.6), (TestDomainOracle(), 0.1),
+                                                 (LastCheckpoint(), 0.7)])
+def test_selection_picks_the_checkpoint_its_rule_names(results, selection, expected):
+    records = report.load_records(results)
+    chosen = selection.select(report.load_curves(records), records[records["run_id"] == "a"])
+    assert chosen.loc["a", "ood_acc"] == expected
+
+
+def test_markdown_marks_partial_cells_and_lists_what_did_not_finish(results):
+    text = report.render(report.load_records(results), format="md")
+    lines = text.splitlines()
+    assert lines[2] == "| Method   | Bits   | OOD 0      | OOD 30     | OOD Avg    | I.D. 0     | I.D. 30    | I.D. Avg   |"
+    assert lines[4] == "| erm      | FP     | 65.0 ± 7.1 | 85.0 ± 7.1 | 75.0 ± 7.1 | 90.0 ± 0.0 | 90.0 ± 0.0 | 90.0 ± 0.0 |"
+    assert "| 30.0 (n=1)" in lines[5] and "| 40.0 (n=1)" in lines[5]
+    assert "n = 2 unless marked" in text
+    assert "Not counted: 1 run(s) that did not finish:" in text
+    assert "- h lsq_v2 W4A4 seed 1 test_envs [2]: failed: RuntimeError: out of memory" in text
+
+
+def test_latex_escapes_names_and_uses_pm(results):
+    tex = report.render(report.load_records(results), format="latex")
+    assert r"lsq\_v2" in tex and r"65.0 $\pm$ 7.1" in tex and r"30.0 (n=1)" in tex
+    assert r"\caption{suite $\cdot$ RotatedMNIST $\cdot$ small\_cnn. Accuracy (\%)" in tex
+    assert "% Not counted: 1 run(s)" in tex
+
+
+def test_callable_package_and_render_agree(results):
+    records = report.load_records(results)
+    assert report(records, format="latex") == report.render(records, format="latex")
+
+
+def test_unreadable_record_is_skipped_not_fatal(results):
+    (results / "suite" / "a" / "record.json").write_text("{ not json")
+    records = report.load_records(results)
+    assert "a" not in set(records["run_id"]) and len(records) == 7
+    assert "### suite" in report.render(records)
+
+
+def test_no_records_says_so(tmp_path):
+    assert report.render(pd.DataFrame()) == "No records found.\n"
+
+
+def test_report_layer_never_imports_torch():
+    code = ("import sys, qatbench.report, qatbench.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "qatbench.cli.main(['report', sys.argv[1]]); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(ROOT / "tests")], check=True, cwd=ROOT, capture_output=True)
