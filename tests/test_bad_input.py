@@ -35,6 +35,7 @@ def _fails_with_one_line(capsys, argv) -> str:
     ("datasets[0].test_envs=[ninety]", "unknown environment 'ninety'; RotatedMNIST has: 0, 15, 30, 45, 60, 75"),
     ("parent=lsq", "--set parent: the parent of QAT runs must be a full-precision method, got 'lsq'"),
     ("training", "--set training: expected key=value"),
+    ("name=../elsewhere", "--set name: String should match pattern"),
     ("models[0].options.widht=8", "--set models[0].options.widht: unknown option 'widht' (did you mean 'width'?); allowed: width"),
     ("datasets[0].options.size=8", "--set datasets[0].options.size: unknown option 'size'; allowed: none"),
 ])

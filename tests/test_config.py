@@ -71,7 +71,7 @@ def test_quickstart_expands_to_erm_and_lsq_over_two_test_domains_and_three_seeds
 def test_method_hparams_are_filled_with_paper_defaults(tmp_path):
     suite = qatbench.load_suite(ROOT / "suites" / "quickstart.yaml", ["seeds=[0]", "datasets[0].test_envs=[0]"])
     specs = {s.method: s for s in qatbench.expand(suite)}
-    assert dict(specs["lsq"].hparams) == {"optimizer": "sgd", "lr": 0.01, "weight_decay": None, "momentum": 0.9,
+    assert dict(specs["lsq"].hparams) == {"optimizer": "sgd", "lr": None, "weight_decay": None, "momentum": 0.9,
                                           "schedule": "cosine"}
     assert specs["erm"].hparams["lr"] == 0.001  # the suite's value beats DomainBed's 5e-5
 

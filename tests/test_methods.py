@@ -46,14 +46,18 @@ def test_erm_update_is_one_step_of_cross_entropy_on_the_pooled_minibatches():
             assert torch.allclose(p, q - 0.1 * q.grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("w_bits, decay", [(2, 0.25e-4), (3, 0.5e-4), (4, 1e-4), (8, 1e-4)])
-def test_lsq_weight_decay_follows_lsq_table_2_by_weight_bits(w_bits, decay):
+@pytest.mark.parametrize("w_bits, lr, decay", [(2, 0.01, 0.25e-4), (3, 0.01, 0.5e-4), (4, 0.01, 1e-4),
+                                               (8, 0.001, 1e-4)])
+def test_lsq_lr_and_weight_decay_follow_the_lsq_paper_by_weight_bits(w_bits, lr, decay):
     model = quantize_model(build_model("small_cnn", (1, 28, 28), 10, {"width": 4}), QuantSpec(w_bits, 4))
     method = METHODS.get("lsq")(model, 10, {}, quant=QuantSpec(w_bits, 4), total_steps=10)
-    assert method.effective_hparams()["weight_decay"] == decay
+    assert method.effective_hparams()["weight_decay"] == decay and method.effective_hparams()["lr"] == lr
+    assert method.optimizer.param_groups[0]["lr"] == lr
     groups = method.optimizer.param_groups
     assert groups[0]["weight_decay"] == decay and groups[1]["weight_decay"] == 0.0  # step sizes never decay
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in step_parameters(model)}
+    explicit = METHODS.get("lsq")(model, 10, {"lr": 0.5, "weight_decay": 0.0}, quant=QuantSpec(w_bits, 4))
+    assert explicit.effective_hparams()["lr"] == 0.5 and explicit.effective_hparams()["weight_decay"] == 0.0
 
 
 def test_lsq_trains_weights_and_step_sizes_together():

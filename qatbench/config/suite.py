@@ -76,7 +76,7 @@ class QuantConfig(_Strict):
 
 
 class Suite(_Strict):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under results/
     description: str = ""
     datasets: list[DatasetEntry] = Field(min_length=1)
     models: list[ModelEntry] = Field(min_length=1)

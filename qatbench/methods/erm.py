@@ -5,8 +5,9 @@
   Adam. Defaults are DomainBed's for ResNets (lr 5e-5, no weight decay).
 - lsq: Esser et al., "Learned Step Size Quantization", ICLR 2020 (arXiv:1902.08153): the same
   loss on a quantized model fine-tuned from its full-precision parent, step sizes learned
-  jointly with the weights; SGD with momentum 0.9, cosine decay, lr 0.01 (Sec. 3, for 2-4
-  bits), weight decay by weight bit width (Table 2: 1e-4 at 4 bits, 0.5e-4 at 3, 0.25e-4 at 2).
+  jointly with the weights; SGD with momentum 0.9, cosine decay, lr by bit width (Sec. 3: 0.01
+  for 2-4 bits, 0.001 for 8 bits), weight decay by weight bit width (Table 2: 1e-4 at 4 bits,
+  0.5e-4 at 3, 0.25e-4 at 2). Bit widths the paper did not train (5-7) take the 4-bit values.
 
 1. x, y = all training domains' minibatches, concatenated
 2. loss = cross_entropy(model(x), y)
@@ -24,6 +25,7 @@ from qatbench.methods.optim import make_optimizer, make_schedule, param_groups
 from qatbench.methods.registry import METHODS
 
 LSQ_WEIGHT_DECAY_BELOW_4_BITS = {2: 0.25e-4, 3: 0.5e-4}  # LSQ Table 2; 1e-4 at 4 bits and above
+LSQ_LR_8_BITS, LSQ_LR = 1e-3, 1e-2  # LSQ Sec. 3
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class ErmHParams:
 @dataclass(frozen=True)
 class LsqHParams:
     optimizer: Literal["adam", "sgd"] = "sgd"  # LSQ Sec. 3
-    lr: float = 0.01  # LSQ Sec. 3, 2/3/4-bit networks
+    lr: float | None = None  # None: LSQ Sec. 3 by weight bits (0.01 at 2-4 bits, 0.001 at 8 bits)
     weight_decay: float | None = None  # None: LSQ Table 2 by weight bits (1e-4 / 0.5e-4 / 0.25e-4)
     momentum: float = 0.9  # LSQ Sec. 3
     schedule: Literal["constant", "cosine"] = "cosine"  # LSQ Sec. 3, no restarts
@@ -51,10 +53,13 @@ class ERM(Method):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.weight_decay = self._weight_decay()
+        self.lr, self.weight_decay = self._lr(), self._weight_decay()
         self.optimizer = make_optimizer(param_groups(self.model, self.weight_decay), self.hparams.optimizer,
-                                        self.hparams.lr, self.hparams.momentum)
+                                        self.lr, self.hparams.momentum)
         self.schedule = make_schedule(self.optimizer, self.hparams.schedule, self.total_steps)
+
+    def _lr(self) -> float:
+        return self.hparams.lr
 
     def _weight_decay(self) -> float:
         return self.hparams.weight_decay
@@ -69,7 +74,7 @@ class ERM(Method):
         return {"loss": loss.item()}
 
     def effective_hparams(self) -> dict[str, Any]:
-        return {**super().effective_hparams(), "weight_decay": self.weight_decay}
+        return {**super().effective_hparams(), "lr": self.lr, "weight_decay": self.weight_decay}
 
 
 @METHODS.register("lsq", summary="plain QAT with learned step sizes, fine-tuned from FP",
@@ -78,8 +83,16 @@ class LSQ(ERM):
     kind = "qat"
     HParams = LsqHParams
 
+    @property
+    def _w_bits(self) -> int:
+        return self.quant.w_bits if self.quant else 4
+
+    def _lr(self) -> float:
+        if self.hparams.lr is not None:
+            return self.hparams.lr
+        return LSQ_LR_8_BITS if self._w_bits >= 8 else LSQ_LR
+
     def _weight_decay(self) -> float:
         if self.hparams.weight_decay is not None:
             return self.hparams.weight_decay
-        bits = self.quant.w_bits if self.quant else 4
-        return LSQ_WEIGHT_DECAY_BELOW_4_BITS.get(bits, 1e-4)
+        return LSQ_WEIGHT_DECAY_BELOW_4_BITS.get(self._w_bits, 1e-4)

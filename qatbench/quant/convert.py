@@ -54,14 +54,16 @@ def step_parameters(model: nn.Module) -> list[nn.Parameter]:
 def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """Initialise every step size from one batch (LSQ: 2 mean|v| / sqrt(Q_P)).
 
-    Runs in eval mode so BN running statistics do not move, then restores the mode.
+    Runs in eval mode so BN running statistics do not move, then restores every module's mode
+    (a BN frozen in eval mode inside a training model stays frozen).
     Quantizers initialise in forward order, so each activation step sees the already-quantized
     upstream activations it will see in training.
     """
     for quantizer in quantizers(model):
         quantizer.reset()
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}
     model.eval()
     model(x)
-    model.train(was_training)
+    for module, training in modes.items():
+        module.train(training)
     return model

@@ -13,8 +13,9 @@ from qatbench.quant.lsq import LsqQuantizer
 
 
 def _attach_quantizers(layer: nn.Module, w_bits: int, a_bits: int, per_channel: bool) -> None:
-    layer.w_quant = LsqQuantizer(w_bits, "weight", per_channel=per_channel, channels=layer.weight.shape[0])
-    layer.a_quant = LsqQuantizer(a_bits, "activation")
+    dtype = layer.weight.dtype  # step sizes follow the layer (float64 Hessians, bf16 training)
+    layer.w_quant = LsqQuantizer(w_bits, "weight", per_channel=per_channel, channels=layer.weight.shape[0]).to(dtype)
+    layer.a_quant = LsqQuantizer(a_bits, "activation").to(dtype)
 
 
 @torch.no_grad()
