@@ -89,6 +89,9 @@ def test_markdown_marks_partial_cells_and_lists_what_did_not_finish(results):
 def test_latex_escapes_names_and_uses_pm(results):
     tex = report.render(report.load_records(results), format="latex")
     assert r"lsq\_v2" in tex and r"65.0 $\pm$ 7.1" in tex and r"30.0 (n=1)" in tex
+    assert r"\begin{tabular}{llrrrrrr}" in tex
+    assert r"\multicolumn{2}{c}{} & \multicolumn{3}{c}{OOD} & \multicolumn{3}{c}{I.D.} \\" in tex
+    assert r"Method & Bits & 0 & 30 & Avg & 0 & 30 & Avg \\" in tex
     assert r"\caption{suite $\cdot$ RotatedMNIST $\cdot$ small\_cnn. Accuracy (\%)" in tex
     assert "% Not counted: 1 run(s)" in tex
 

@@ -24,7 +24,8 @@ Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Method:
-    kind: ClassVar[str] = "fp"
+    kind: ClassVar[str] = "fp"  # "fp": trains float models; "qat": trains quantized ones from an FP parent
+    needs_teacher: ClassVar[bool] = False  # QAT methods that distil from their frozen FP parent
     HParams: ClassVar[type]
 
     def __init__(self, model: nn.Module, num_classes: int, hparams: Mapping[str, Any], *,

@@ -115,9 +115,11 @@ def to_latex(tables: list[Table]) -> str:
     blocks = []
     for table in tables:
         cells = formatted(table, pm=r"$\pm$").map(lambda s: s.replace("—", "--"))
-        styler = cells.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+        cells = cells.reset_index(col_level=1)  # Method and Bits head their columns on the domain row
+        styler = cells.style.hide(axis="index").format(escape="latex", subset=list(cells.columns[:2]))
+        styler = styler.format_index(escape="latex", axis=1)
         latex = styler.to_latex(
-            caption=_latex_escape(f"{table.title}. {table.caption}"),
+            caption=_latex_escape(f"{table.title}. {table.caption}"), column_format="ll" + "r" * (cells.shape[1] - 2),
             hrules=True, multicol_align="c", position_float="centering", environment="table",
         )
         blocks.append(latex)

@@ -128,7 +128,7 @@ def _train(spec: RunSpec, folder: Path, results: Path, data_root: Path | None, d
     model = model.to(device)
     method_cls = METHODS.get(spec.method)
     if spec.quant is not None:
-        if getattr(method_cls, "needs_teacher", False):
+        if method_cls.needs_teacher:
             teacher = _frozen_copy(model)
         model = quantize_model(model, spec.quant)
         calibrate(model, calibration_batch(splits, train_envs, spec).to(device))
