@@ -6,6 +6,7 @@ same model, same batch, measured in one process (a ratio, so machine noise mostl
 shared/MEASURED.md reports 2.1-2.2x for eager LSQ W4A4 on CIFAR ResNet-20 at batch 128 on this
 2-core machine; the method-zoo issue targets at most 1.5x with compilation.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@
 
 Names are imported on first use, so `qatbench report` never pays for importing torch.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -2,6 +2,7 @@
 
 Mistakes in the input end in one line on stderr and exit code 2, never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,29 +19,42 @@ EXIT_USER_ERROR = 2
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if getattr(args, "quiet", False) else logging.WARNING,
-                        format="qatbench: %(message)s")
+    quiet = getattr(args, "quiet", False) or bool(os.environ.get("QATBENCH_QUIET"))
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="qatbench: %(message)s")
     try:
         return args.command(args)
     except UserError as exc:
         print(f"qatbench: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `qatbench ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("qatbench: interrupted; finished runs are kept and will be skipped next time", file=sys.stderr)
         return 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qatbench", description="Quantization-aware training under distribution shift.")
+    parser = argparse.ArgumentParser(
+        prog="qatbench", description="Quantization-aware training under distribution shift."
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run every run of a suite that has not finished yet")
     run.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
     run.add_argument("--results", default="results", help="results folder (default: results)")
     run.add_argument("--data-root", help="folder holding the datasets (default: $QATBENCH_DATA)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a suite field, e.g. --set training.steps=100 (repeatable)")
-    run.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished; train nothing")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a suite field, e.g. --set training.steps=100 (repeatable)",
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="list the runs and whether they are finished; train nothing"
+    )
     run.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
     run.add_argument("--quiet", action="store_true", help="no progress bars (also: QATBENCH_QUIET=1)")
     run.set_defaults(command=cmd_run)
@@ -48,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="tables of the finished runs")
     report.add_argument("results", nargs="?", default="results", help="results folder (default: results)")
     report.add_argument("--format", default="md", help="md (default) or latex")
-    report.add_argument("--selection", default="training_domain", help="training_domain (default), oracle or last")
+    report.add_argument("--selection", default="training_domain", help="training_domain (default) or last")
     report.add_argument("--out", help="also write the report into this folder")
     report.set_defaults(command=cmd_report)
 
@@ -59,7 +73,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qatbench.data import resolve_data_root
     from qatbench.runner import api
     from qatbench.runner.store import is_finished, run_dir
 
@@ -69,13 +82,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         specs = api.expand(suite)
         for spec in specs:
             state = "finished" if is_finished(run_dir(results, spec.suite, spec.run_id)) else "pending"
-            print(f"{spec.run_id}  {state:8s}  {spec.label:10s} {spec.bits_label:5s} {spec.dataset} "
-                  f"test_envs={list(spec.test_envs)} seed={spec.seed} steps={spec.steps}")
+            print(
+                f"{spec.run_id}  {state:8s}  {spec.label:10s} {spec.bits_label:5s} {spec.dataset} "
+                f"test_envs={list(spec.test_envs)} seed={spec.seed} steps={spec.steps}"
+            )
         print(f"{len(specs)} runs in suite '{suite.name}'")
         return 0
-    data_root = resolve_data_root(args.data_root, suite.data_root)
     quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
-    summary = api.run(suite, results, data_root=data_root, device=args.device, progress=not quiet)
+    summary = api.run(suite, results, data_root=args.data_root, device=args.device, progress=not quiet)
     print(summary.line())
     return 1 if summary.counts.get("failed") else 0
 
@@ -87,11 +101,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not results.is_dir():
         raise UserError(f"{results}: results folder not found (run a suite first: qatbench run suites/quickstart.yaml)")
     text = report.render(report.load_records(results), format=args.format, selection=args.selection)
-    print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"report.{'tex' if args.format == 'latex' else 'md'}").write_text(text)
+        out = Path(args.out) / f"report.{'tex' if args.format == 'latex' else 'md'}"
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        except OSError as exc:
+            raise UserError(f"--out {args.out}: cannot write {out}: {exc.strerror or exc}") from None
+    print(text)
     return 0
 
 

@@ -4,6 +4,7 @@ Anything the user can fix (a typo in a suite, a missing folder, a wrong type) ra
 `UserError`; the CLI prints its message and exits with code 2. Everything else is a bug or a
 failing run, and is recorded, not hidden.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -3,6 +3,7 @@
 Modelled on timm's registry (a decorator registers a factory under a name), without its global
 mutable state beyond the tables themselves: each package owns one `Registry` instance.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -55,17 +56,20 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         return self.entry(name).factory
 
-    def options(self, name: str, positional: int) -> list[str]:
-        """The keyword options a factory takes after its `positional` leading arguments."""
-        parameters = list(inspect.signature(self.get(name)).parameters.values())[positional:]
-        return [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    def parameters(self, name: str, positional: int) -> list[inspect.Parameter]:
+        """The keyword options a factory takes after its `positional` leading arguments, with
+        their annotations (evaluated) and defaults."""
+        parameters = list(inspect.signature(self.get(name), eval_str=True).parameters.values())[positional:]
+        return [p for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     def check_options(self, name: str, positional: int, options: dict[str, Any], where: str = "") -> None:
-        allowed = self.options(name, positional)
+        allowed = [p.name for p in self.parameters(name, positional)]
         for key in options:
             if key not in allowed:
-                raise UserError(f"{where or f'{self.kind} {name!r}'}: unknown option '{key}'{did_you_mean(key, allowed)}; "
-                                f"allowed: {allowed_list(allowed) or 'none'}")
+                raise UserError(
+                    f"{where or f'{self.kind} {name!r}'}: unknown option '{key}'{did_you_mean(key, allowed)}; "
+                    f"allowed: {allowed_list(allowed) or 'none'}"
+                )
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:
         """Call the factory after refusing options it does not take, naming the ones it does."""

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny suite that trains in seconds, and a CLI runner."""
+
 from __future__ import annotations
 
 import os
@@ -50,5 +51,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
     """`qatbench ARGS` in a fresh interpreter, exactly as a user types it."""
     env = {**os.environ, "QATBENCH_QUIET": "1"}
     env.pop("QATBENCH_DATA", None)
-    return subprocess.run([sys.executable, "-m", "qatbench.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "qatbench.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=timeout,
+    )

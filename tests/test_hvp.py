@@ -6,6 +6,7 @@ surrogate: the same network with every rounding offset round(x) - x frozen at it
 These tests rebuild that surrogate explicitly and check the HVP against its finite differences,
 then check that torch.func's forward-over-reverse and reverse-over-reverse agree with it.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -35,8 +36,7 @@ class Setup:
         self.x = torch.randn(16, 1, 8, 8, dtype=torch.float64)  # signed input: the first quantizer is signed
         self.y = torch.randint(0, 3, (16,))
         spec = QuantSpec(w_bits=4, a_bits=4, first_last="same")
-        # .double() again: quantize_model makes float32 step sizes (see test_quant's dtype test)
-        self.model = quantize_model(self.float_model, spec).double().eval()
+        self.model = quantize_model(self.float_model, spec).eval()  # step sizes follow the float64 layers
         calibrate(self.model, self.x)
         # the quantized tensors only: biases stay float, and step sizes are not what is varied
         self.w0 = {name: self.model.get_parameter(name).detach().clone() for name in ("0.weight", "3.weight")}

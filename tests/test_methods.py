@@ -1,4 +1,5 @@
 """The Method interface and the two spine methods: erm (FP) and lsq (QAT)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,9 @@ def test_erm_update_is_one_step_of_cross_entropy_on_the_pooled_minibatches():
             assert torch.allclose(p, q - 0.1 * q.grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("w_bits, lr, decay", [(2, 0.01, 0.25e-4), (3, 0.01, 0.5e-4), (4, 0.01, 1e-4),
-                                               (8, 0.001, 1e-4)])
+@pytest.mark.parametrize(
+    "w_bits, lr, decay", [(2, 0.01, 0.25e-4), (3, 0.01, 0.5e-4), (4, 0.01, 1e-4), (8, 0.001, 1e-4)]
+)
 def test_lsq_lr_and_weight_decay_follow_the_lsq_paper_by_weight_bits(w_bits, lr, decay):
     model = quantize_model(build_model("small_cnn", (1, 28, 28), 10, {"width": 4}), QuantSpec(w_bits, 4))
     method = METHODS.get("lsq")(model, 10, {}, quant=QuantSpec(w_bits, 4), total_steps=10)
@@ -64,10 +66,13 @@ def test_lsq_trains_weights_and_step_sizes_together():
     torch.manual_seed(0)
     model = quantize_model(build_model("small_cnn", (1, 28, 28), 10, {"width": 4}), QuantSpec(4, 4))
     calibrate(model, _batches()[0][0])
-    before = [p.detach().clone() for p in step_parameters(model)]
+    steps_before = [p.detach().clone() for p in step_parameters(model)]
+    weights_before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("weight")}
     method = METHODS.get("lsq")(model, 10, {}, quant=QuantSpec(4, 4), total_steps=10)
     method.update(_batches(1))
-    assert all(not torch.equal(b, p) for b, p in zip(before, step_parameters(model)))
+    assert all(not torch.equal(b, p) for b, p in zip(steps_before, step_parameters(model)))
+    weights = dict(model.named_parameters())
+    assert all(not torch.equal(before, weights[n]) for n, before in weights_before.items())
 
 
 def test_cosine_schedule_decays_to_zero_at_the_last_step():
@@ -78,5 +83,5 @@ def test_cosine_schedule_decays_to_zero_at_the_last_step():
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
-    assert lrs == pytest.approx([0.01, 0.01 * (1 + 2 ** -0.5) / 2, 0.005, 0.01 * (1 - 2 ** -0.5) / 2])
+    assert lrs == pytest.approx([0.01, 0.01 * (1 + 2**-0.5) / 2, 0.005, 0.01 * (1 - 2**-0.5) / 2])
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)

@@ -1,7 +1,7 @@
 """Claims about the model table: shapes, ResNet-20's parameter count, weights read from disk only."""
+
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest
@@ -22,15 +22,18 @@ def _n_params(model: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("name, input_shape, num_classes", [
-    ("small_cnn", (1, 28, 28), 10),
-    ("small_cnn", (2, 28, 28), 2),
-    ("resnet20", (3, 32, 32), 10),
-    ("resnet20", (1, 28, 28), 10),
-    ("resnet18", (3, 64, 64), 7),
-    ("resnet18", (2, 28, 28), 2),
-    ("resnet50", (3, 64, 64), 5),
-])
+@pytest.mark.parametrize(
+    "name, input_shape, num_classes",
+    [
+        ("small_cnn", (1, 28, 28), 10),
+        ("small_cnn", (2, 28, 28), 2),
+        ("resnet20", (3, 32, 32), 10),
+        ("resnet20", (1, 28, 28), 10),
+        ("resnet18", (3, 64, 64), 7),
+        ("resnet18", (2, 28, 28), 2),
+        ("resnet50", (3, 64, 64), 5),
+    ],
+)
 def test_model_maps_a_batch_to_one_logit_per_class(name, input_shape, num_classes):
     torch.manual_seed(0)
     model = build_model(name, input_shape, num_classes).eval()

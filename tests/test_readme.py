@@ -1,11 +1,16 @@
 """The README's promises: CI runs its test command, and the quickstart suite it names exists."""
+
 from __future__ import annotations
 
 from tests.conftest import ROOT
 
 
 def _ci_command() -> str:
-    lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd ", "export "))]
+    lines = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd ", "export "))
+    ]
     assert len(lines) == 1, lines
     return lines[0]
 

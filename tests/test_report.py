@@ -1,8 +1,10 @@
 """Report tables on synthetic records with hand-computed numbers; the report layer never
 imports torch."""
+
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,31 +13,65 @@ import pandas as pd
 import pytest
 
 from qatbench import report
-from qatbench.report.select import LastCheckpoint, TestDomainOracle, TrainingDomainValidation
+from qatbench.report.select import LastCheckpoint, TrainingDomainValidation
 from tests.conftest import ROOT
 
 ENVS = ["0", "15", "30"]
 
 
-def _write_run(results: Path, run_id: str, *, label: str, bits: str, seed: int, test_env: int,
-               curve: list[tuple[float, float, float]], status: str = "done", error: str = "") -> None:
+def _write_run(
+    results: Path,
+    run_id: str,
+    *,
+    label: str,
+    bits: str,
+    seed: int,
+    test_env: int,
+    curve: list[tuple[float, float, float]],
+    status: str = "done",
+    error: str = "",
+    finished_at: str = "2026-01-01T00:00:00+00:00",
+) -> None:
     """curve: (id_acc, ood_acc, test-env out acc) per evaluation, at steps 10, 20, ..."""
     folder = results / "suite" / run_id
     folder.mkdir(parents=True)
-    rows = [{"step": 10 * (k + 1), "loss": 1.0, "id_acc": i, "ood_acc": o, f"env{test_env}_out_acc": t}
-            for k, (i, o, t) in enumerate(curve)]
+    rows = [
+        {"step": 10 * (k + 1), "loss": 1.0, "id_acc": i, "ood_acc": o, f"env{test_env}_out_acc": t}
+        for k, (i, o, t) in enumerate(curve)
+    ]
     (folder / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    record = {"run_id": run_id, "suite": "suite", "dataset": "RotatedMNIST", "model": "small_cnn", "label": label,
-              "method": label, "bits": bits, "w_bits": 32 if bits == "FP" else int(bits[1]), "seed": seed,
-              "test_envs": [test_env], "environments": ENVS, "status": status, "error": error,
-              "curve_file": "curve.jsonl"}
+    record = {
+        "run_id": run_id,
+        "suite": "suite",
+        "dataset": "RotatedMNIST",
+        "model": "small_cnn",
+        "label": label,
+        "method": label,
+        "bits": bits,
+        "w_bits": 32 if bits == "FP" else int(bits[1]),
+        "seed": seed,
+        "test_envs": [test_env],
+        "environments": ENVS,
+        "status": status,
+        "error": error,
+        "curve_file": "curve.jsonl",
+        "finished_at": finished_at,
+    }
     (folder / "record.json").write_text(json.dumps(record))
 
 
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     # erm, FP: test env 0 and 2, seeds 0 and 1; selection by best id_acc picks the middle row
-    _write_run(tmp_path, "a", label="erm", bits="FP", seed=0, test_env=0, curve=[(0.5, 0.1, 0.9), (0.9, 0.60, 0.1), (0.8, 0.7, 0.2)])
+    _write_run(
+        tmp_path,
+        "a",
+        label="erm",
+        bits="FP",
+        seed=0,
+        test_env=0,
+        curve=[(0.5, 0.1, 0.9), (0.9, 0.60, 0.1), (0.8, 0.7, 0.2)],
+    )
     _write_run(tmp_path, "b", label="erm", bits="FP", seed=1, test_env=0, curve=[(0.9, 0.70, 0.5)])
     _write_run(tmp_path, "c", label="erm", bits="FP", seed=0, test_env=2, curve=[(0.9, 0.80, 0.5)])
     _write_run(tmp_path, "d", label="erm", bits="FP", seed=1, test_env=2, curve=[(0.9, 0.90, 0.5)])
@@ -43,14 +79,22 @@ def results(tmp_path: Path) -> Path:
     _write_run(tmp_path, "e", label="lsq_v2", bits="W4A4", seed=0, test_env=0, curve=[(0.8, 0.50, 0.5)])
     _write_run(tmp_path, "f", label="lsq_v2", bits="W4A4", seed=1, test_env=0, curve=[(0.8, 0.40, 0.5)])
     _write_run(tmp_path, "g", label="lsq_v2", bits="W4A4", seed=0, test_env=2, curve=[(0.8, 0.30, 0.5)])
-    _write_run(tmp_path, "h", label="lsq_v2", bits="W4A4", seed=1, test_env=2, curve=[], status="failed",
-               error="RuntimeError: out of memory")
+    _write_run(
+        tmp_path,
+        "h",
+        label="lsq_v2",
+        bits="W4A4",
+        seed=1,
+        test_env=2,
+        curve=[],
+        status="failed",
+        error="RuntimeError: out of memory",
+    )
     return tmp_path
 
 
 def test_tables_hold_mean_and_sample_std_over_seeds_with_training_domain_validation(results):
-    tables = report.build_tables(report.load_records(results), report.load_curves(report.load_records(results)),
-                                 TrainingDomainValidation())
+    tables = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)
     [table] = tables
     assert table.title == "suite · RotatedMNIST · small_cnn"
     assert list(table.mean.index) == [("erm", "FP"), ("lsq_v2", "W4A4")]
@@ -67,8 +111,7 @@ def test_tables_hold_mean_and_sample_std_over_seeds_with_training_domain_validat
     assert lsq[("OOD", "Avg")] == pytest.approx(40.0)  # only seed 0 has both domains: (50+30)/2
 
 
-@pytest.mark.parametrize("selection, expected", [(TrainingDomainValidation(), 0.6), (TestDomainOracle(), 0.1),
-                                                 (LastCheckpoint(), 0.7)])
+@pytest.mark.parametrize("selection, expected", [(TrainingDomainValidation(), 0.6), (LastCheckpoint(), 0.7)])
 def test_selection_picks_the_checkpoint_its_rule_names(results, selection, expected):
     records = report.load_records(results)
     chosen = selection.select(report.load_curves(records), records[records["run_id"] == "a"])
@@ -78,8 +121,14 @@ def test_selection_picks_the_checkpoint_its_rule_names(results, selection, expec
 def test_markdown_marks_partial_cells_and_lists_what_did_not_finish(results):
     text = report.render(report.load_records(results), format="md")
     lines = text.splitlines()
-    assert lines[2] == "| Method   | Bits   | OOD 0      | OOD 30     | OOD Avg    | I.D. 0     | I.D. 30    | I.D. Avg   |"
-    assert lines[4] == "| erm      | FP     | 65.0 ± 7.1 | 85.0 ± 7.1 | 75.0 ± 7.1 | 90.0 ± 0.0 | 90.0 ± 0.0 | 90.0 ± 0.0 |"
+    assert (
+        lines[2]
+        == "| Method   | Bits   | OOD 0      | OOD 30     | OOD Avg    | I.D. 0     | I.D. 30    | I.D. Avg   |"
+    )
+    assert (
+        lines[4]
+        == "| erm      | FP     | 65.0 ± 7.1 | 85.0 ± 7.1 | 75.0 ± 7.1 | 90.0 ± 0.0 | 90.0 ± 0.0 | 90.0 ± 0.0 |"
+    )
     assert "| 30.0 (n=1)" in lines[5] and "| 40.0 (n=1)" in lines[5]
     assert "n = 2 unless marked" in text
     assert "Not counted: 1 run(s) that did not finish:" in text
@@ -101,18 +150,66 @@ def test_callable_package_and_render_agree(results):
     assert report(records, format="latex") == report.render(records, format="latex")
 
 
-def test_unreadable_record_is_skipped_not_fatal(results):
-    (results / "suite" / "a" / "record.json").write_text("{ not json")
+@pytest.mark.parametrize("content", ["{ not json", "[1, 2]", '{"status": "done"}'])
+def test_unreadable_record_is_skipped_not_fatal(results, content):
+    (results / "suite" / "a" / "record.json").write_text(content)
     records = report.load_records(results)
     assert "a" not in set(records["run_id"]) and len(records) == 7
     assert "### suite" in report.render(records)
+
+
+def test_a_done_record_missing_table_keys_or_curve_is_left_out_not_fatal(results):
+    record = json.loads((results / "suite" / "a" / "record.json").read_text())
+    del record["environments"]
+    (results / "suite" / "a" / "record.json").write_text(json.dumps(record))
+    (results / "suite" / "b" / "curve.jsonl").write_text('{"step": 10}\n')
+    table = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)[0]
+    assert table.n.loc[("erm", "FP"), ("OOD", "0")] is pd.NA or pd.isna(table.n.loc[("erm", "FP"), ("OOD", "0")])
+
+
+def test_a_copied_run_folder_counts_once(results):
+    shutil.copytree(results / "suite" / "a", results / "copy-of-suite" / "a")
+    table = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)[0]
+    assert table.n.loc[("erm", "FP"), ("OOD", "0")] == 2
+    assert table.mean.loc[("erm", "FP"), ("OOD", "0")] == pytest.approx(65.0)
+
+
+def test_an_older_configuration_under_the_same_label_is_named_not_averaged(results):
+    _write_run(
+        results,
+        "a-old",
+        label="erm",
+        bits="FP",
+        seed=0,
+        test_env=0,
+        curve=[(0.9, 0.10, 0.1)],
+        finished_at="2025-06-01T00:00:00+00:00",
+    )
+    [table] = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)
+    assert table.mean.loc[("erm", "FP"), ("OOD", "0")] == pytest.approx(65.0)
+    assert table.n.loc[("erm", "FP"), ("OOD", "0")] == 2
+    assert table.notes == [
+        "1 older record(s) of another configuration under the same method, bits, seed and domain are not counted: a-old"
+    ]
+    assert "- 1 older record(s)" in report.render(report.load_records(results))
+
+
+def test_a_results_folder_of_failures_only_lists_them(tmp_path):
+    _write_run(tmp_path, "x", label="erm", bits="FP", seed=0, test_env=0, curve=[], status="failed", error="boom")
+    text = report.render(report.load_records(tmp_path))
+    assert "###" not in text and "- x erm FP seed 0 test_envs [0]: failed: boom" in text
 
 
 def test_no_records_says_so(tmp_path):
     assert report.render(pd.DataFrame()) == "No records found.\n"
 
 
-def test_report_layer_never_imports_torch():
-    code = ("import sys, qatbench.report, qatbench.cli; assert 'torch' not in sys.modules, 'torch imported'; "
-            "qatbench.cli.main(['report', sys.argv[1]]); assert 'torch' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code, str(ROOT / "tests")], check=True, cwd=ROOT, capture_output=True)
+def test_report_layer_never_imports_torch(results):
+    code = (
+        "import sys, qatbench.report, qatbench.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+        "qatbench.cli.main(['report', sys.argv[1], '--format', 'latex']); assert 'torch' not in sys.modules"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(results)], check=True, cwd=ROOT, capture_output=True, text=True
+    )
+    assert r"\begin{table}" in out.stdout

@@ -1,4 +1,5 @@
 """Suites, run specifications and quantization specifications: values, validated, hashable."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,18 @@ from qatbench.config.grid import check_suite, expand, parent_entry, resolve_hpar
 from qatbench.config.spec import QuantSpec, RunSpec, parse_bits
 from qatbench.config.suite import Suite, blame, load_suite_dict, parse_suite
 
-__all__ = ["Catalog", "MethodKind", "QuantSpec", "RunSpec", "Suite", "expand", "load_suite", "parent_entry",
-           "parse_bits", "resolve_hparams"]
+__all__ = [
+    "Catalog",
+    "MethodKind",
+    "QuantSpec",
+    "RunSpec",
+    "Suite",
+    "expand",
+    "load_suite",
+    "parent_entry",
+    "parse_bits",
+    "resolve_hparams",
+]
 
 
 def load_suite(path: str | os.PathLike, overrides: Sequence[str] = (), *, catalog: Catalog) -> Suite:

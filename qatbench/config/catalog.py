@@ -3,8 +3,10 @@
 The config layer sits below methods, datasets and models, so it cannot look them up itself;
 whoever loads a suite (the runner, the public API) passes a `Catalog` built from the registries.
 """
+
 from __future__ import annotations
 
+import inspect
 from typing import Literal, Protocol
 
 MethodKind = Literal["fp", "qat"]
@@ -27,7 +29,6 @@ class Catalog(Protocol):
 
     def model_names(self) -> list[str]: ...
 
-    def check_options(self, kind: Literal["dataset", "model"], name: str, options: dict, where: str) -> None:
-        """Raise a UserError at `where` for an option the dataset or model factory does not take."""
+    def option_parameters(self, kind: Literal["dataset", "model"], name: str) -> list[inspect.Parameter]:
+        """The options the dataset or model factory takes, with annotations and defaults."""
         ...
-

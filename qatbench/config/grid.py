@@ -1,8 +1,10 @@
 """From a validated suite to the list of runs: names checked against the registries, hparams
 filled with the methods' paper defaults, and the grid methods x datasets x models x test envs x
 bits x seeds expanded into RunSpecs."""
+
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from typing import Any
@@ -19,32 +21,56 @@ Blame = Callable[[Sequence[str | int]], str]
 
 def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
     """Raise a one-line UserError for the first name or hparam the registries do not know."""
+    labels: dict[str, int] = {}
+    runs: dict[str, int] = {}
     for i, entry in enumerate(suite.methods):
-        _check_method(entry, catalog, blame, ["methods", i])
+        hparams = _check_method(entry, catalog, blame, ["methods", i])
+        same = repr((entry.name, sorted(hparams.items()), entry.steps))
+        if same in runs:
+            raise UserError(
+                f"{blame(['methods', i])}: runs exactly what methods[{runs[same]}] runs; "
+                f"change its hparams or steps, or drop it"
+            )
+        runs[same] = i
+        label = entry.label or entry.name
+        if label in labels:
+            raise UserError(
+                f"{blame(['methods', i])}: a second entry labelled '{label}' (the first is "
+                f"methods[{labels[label]}]); give each entry its own `label`, which names its rows"
+            )
+        labels[label] = i
     if suite.parent is not None:
         _check_method(suite.parent, catalog, blame, ["parent"])
         if catalog.method_kind(suite.parent.name) != "fp":
-            raise UserError(f"{blame(['parent', 'name'])}: the parent of QAT runs must be a full-precision method, "
-                            f"got '{suite.parent.name}'")
+            raise UserError(
+                f"{blame(['parent', 'name'])}: the parent of QAT runs must be a full-precision method, "
+                f"got '{suite.parent.name}'"
+            )
     for i, entry in enumerate(suite.datasets):
         _check_name(entry.name, catalog.dataset_names(), "dataset", blame(["datasets", i, "name"]))
-        for key in entry.options:
-            catalog.check_options("dataset", entry.name, {key: None}, blame(["datasets", i, "options", key]))
+        resolve_options(
+            catalog, "dataset", entry.name, entry.options, lambda key, i=i: blame(["datasets", i, "options", key])
+        )
         resolve_test_envs(entry, catalog, lambda loc, i=i: blame(["datasets", i, *loc]))
     for i, entry in enumerate(suite.models):
         _check_name(entry.name, catalog.model_names(), "model", blame(["models", i, "name"]))
-        for key in entry.options:
-            catalog.check_options("model", entry.name, {key: None}, blame(["models", i, "options", key]))
+        resolve_options(
+            catalog, "model", entry.name, entry.options, lambda key, i=i: blame(["models", i, "options", key])
+        )
 
 
 def _check_name(name: str, allowed: list[str], kind: str, where: str) -> None:
     if name not in allowed:
-        raise UserError(f"{where}: unknown {kind} '{name}'{did_you_mean(name, allowed)}; allowed: {allowed_list(allowed)}")
+        raise UserError(
+            f"{where}: unknown {kind} '{name}'{did_you_mean(name, allowed)}; allowed: {allowed_list(allowed)}"
+        )
 
 
-def _check_method(entry: MethodEntry, catalog: Catalog, blame: Blame, loc: list[str | int]) -> None:
+def _check_method(entry: MethodEntry, catalog: Catalog, blame: Blame, loc: list[str | int]) -> dict[str, Any]:
     _check_name(entry.name, catalog.method_names(), "method", blame([*loc, "name"]))
-    resolve_hparams(catalog.method_hparams(entry.name), entry.hparams, lambda key: blame([*loc, "hparams", *key]))
+    return resolve_hparams(
+        catalog.method_hparams(entry.name), entry.hparams, lambda key: blame([*loc, "hparams", *key])
+    )
 
 
 def resolve_hparams(hparams_cls: type, given: dict[str, Any], blame: Callable[[list], str]) -> dict[str, Any]:
@@ -52,8 +78,9 @@ def resolve_hparams(hparams_cls: type, given: dict[str, Any], blame: Callable[[l
     allowed = [f.name for f in fields(hparams_cls)]
     for key in given:
         if key not in allowed:
-            raise UserError(f"{blame([key])}: unknown hparam '{key}'{did_you_mean(key, allowed)}; "
-                            f"allowed: {allowed_list(allowed)}")
+            raise UserError(
+                f"{blame([key])}: unknown hparam '{key}'{did_you_mean(key, allowed)}; allowed: {allowed_list(allowed)}"
+            )
     try:
         value = TypeAdapter(hparams_cls).validate_python(dict(given))
     except ValidationError as exc:
@@ -63,40 +90,80 @@ def resolve_hparams(hparams_cls: type, given: dict[str, Any], blame: Callable[[l
     return asdict(value)
 
 
+def resolve_options(
+    catalog: Catalog, kind: str, name: str, given: dict[str, Any], blame: Callable[[str], str]
+) -> dict[str, Any]:
+    """Every option of the factory: `given` (names and types checked) and the defaults of the rest,
+    so that leaving an option at its default and writing the default give the same run id."""
+    parameters = {p.name: p for p in catalog.option_parameters(kind, name)}
+    resolved = {}
+    for key, value in given.items():
+        if key not in parameters:
+            raise UserError(
+                f"{blame(key)}: unknown option '{key}'{did_you_mean(key, parameters)}; "
+                f"allowed: {allowed_list(parameters) or 'none'}"
+            )
+        annotation = parameters[key].annotation
+        if annotation is not inspect.Parameter.empty:
+            try:
+                value = TypeAdapter(annotation).validate_python(value)
+            except ValidationError:
+                expected = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+                raise UserError(f"{blame(key)}: expected {expected}, got {value!r}") from None
+        resolved[key] = value
+    for key, parameter in parameters.items():
+        if key not in resolved and parameter.default is not inspect.Parameter.empty:
+            resolved[key] = parameter.default
+    return resolved
+
+
 def resolve_test_envs(entry: DatasetEntry, catalog: Catalog, blame: Blame) -> list[tuple[int, ...]]:
     """Each item of `test_envs` as a tuple of environment indices ("all": each one in turn)."""
     names = catalog.dataset_environments(entry.name)
     if entry.test_envs == "all":
         if names is None:
-            raise UserError(f"{blame(['test_envs'])}: '{entry.name}' learns its environments from disk; "
-                            f"list the test environments explicitly")
+            raise UserError(
+                f"{blame(['test_envs'])}: '{entry.name}' learns its environments from disk; "
+                f"list the test environments explicitly"
+            )
         return [(i,) for i in range(len(names))]
     groups = []
     for i, item in enumerate(entry.test_envs):
         members = item if isinstance(item, list) else [item]
-        groups.append(tuple(sorted({_env_index(m, names, entry.name, blame(["test_envs", i])) for m in members})))
+        group = tuple(sorted({_env_index(m, names, entry.name, blame(["test_envs", i])) for m in members}))
+        if names is not None and len(group) == len(names):
+            raise UserError(
+                f"{blame(['test_envs', i])}: every environment of {entry.name} is a test environment; "
+                f"none would be left to train on"
+            )
+        groups.append(group)
     return groups
 
 
 def _env_index(item: int | str, names: list[str] | None, dataset: str, where: str) -> int:
     if isinstance(item, int):
         if names is not None and not 0 <= item < len(names):
-            raise UserError(f"{where}: environment index {item} is out of range; {dataset} has "
-                            f"{len(names)} environments: {', '.join(f'{j}={n}' for j, n in enumerate(names))}")
+            raise UserError(
+                f"{where}: environment index {item} is out of range; {dataset} has "
+                f"{len(names)} environments: {', '.join(f'{j}={n}' for j, n in enumerate(names))}"
+            )
         return item
     if names is None:
         raise UserError(f"{where}: name test environments of '{dataset}' by index")
     if item not in names:
-        raise UserError(f"{where}: unknown environment '{item}'{did_you_mean(item, names)}; "
-                        f"{dataset} has: {', '.join(names)}")
+        raise UserError(
+            f"{where}: unknown environment '{item}'{did_you_mean(item, names)}; {dataset} has: {', '.join(names)}"
+        )
     return names.index(item)
 
 
 def parent_entry(suite: Suite) -> MethodEntry:
     """The FP method QAT runs are fine-tuned from: `parent`, else the suite's `erm`, else `erm`."""
-    if suite.parent is not None:
+    named = suite.parent.name if suite.parent is not None else "erm"
+    if suite.parent is not None and (suite.parent.hparams or suite.parent.steps is not None):
         return suite.parent
-    return next((m for m in suite.methods if m.name == "erm"), MethodEntry(name="erm"))
+    # `parent: erm` (or nothing) means the suite's own erm entry, hparams and all, when it has one
+    return next((m for m in suite.methods if m.name == named), suite.parent or MethodEntry(name="erm"))
 
 
 def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
@@ -111,12 +178,12 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                 for seed in suite.seeds:
                     common = dict(
                         dataset=dataset.name,
-                        dataset_options=dataset.options,
+                        dataset_options=resolve_options(catalog, "dataset", dataset.name, dataset.options, no_blame),
                         test_envs=test_envs,
                         holdout_fraction=dataset.holdout_fraction,
                         data_seed=seed if dataset.data_seed is None else dataset.data_seed,
                         model=model.name,
-                        model_options=model.options,
+                        model_options=resolve_options(catalog, "model", model.name, model.options, no_blame),
                         seed=seed,
                         batch_size=suite.training.batch_size,
                         eval_every=suite.training.eval_every,
@@ -138,8 +205,15 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
 def _spec(entry: MethodEntry, catalog: Catalog, common: dict, default_steps: int, *, quant, parent) -> RunSpec:
     hparams = resolve_hparams(catalog.method_hparams(entry.name), entry.hparams, lambda key: "suite")
     steps = entry.steps if entry.steps is not None else default_steps
-    return RunSpec(method=entry.name, label=entry.label or entry.name, hparams=hparams, quant=quant,
-                   parent=parent, steps=steps, **common)
+    return RunSpec(
+        method=entry.name,
+        label=entry.label or entry.name,
+        hparams=hparams,
+        quant=quant,
+        parent=parent,
+        steps=steps,
+        **common,
+    )
 
 
 def _unique(specs: list[RunSpec]) -> list[RunSpec]:

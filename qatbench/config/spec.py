@@ -4,13 +4,16 @@ A run is a pure function of its RunSpec, so the RunSpec's hash is the run id: th
 experiment gets the same folder in every sweep, on every machine, and is never trained twice.
 Only semantic fields enter the hash; names of folders, devices and labels never do.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePath
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 FirstLast = Literal["8bit", "fp", "same"]
 FIRST_LAST_CHOICES = ("8bit", "fp", "same")
@@ -64,6 +67,15 @@ def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
+def _without_folders(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A weights file named by path enters the id by its file name only: moving a folder must
+    not orphan finished runs (torchvision's file names carry a hash of their content)."""
+    return {
+        key: (PurePath(value).name if key == "pretrained" and isinstance(value, str) else value)
+        for key, value in options.items()
+    }
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run: everything that changes its numbers, and nothing else in the id."""
@@ -111,7 +123,7 @@ class RunSpec:
             "data_seed": self.data_seed,
             "holdout_fraction": self.holdout_fraction,
             "model": self.model,
-            "model_options": dict(self.model_options),
+            "model_options": _without_folders(self.model_options),
             "quant": self.quant.to_dict() if self.quant else None,
             "seed": self.seed,
             "steps": self.steps,

@@ -4,16 +4,17 @@ Every mistake in a suite becomes one line that names the file (or the --set opti
 path and what is allowed, with the nearest allowed name when there is one: a researcher
 scaling a paper-size suite down at 2 a.m. should never have to read a traceback.
 """
+
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from qatbench.config.spec import FIRST_LAST_CHOICES, MAX_BITS, MIN_BITS, parse_bits
 from qatbench.errors import UserError, allowed_list, did_you_mean
@@ -45,13 +46,36 @@ class MethodEntry(_Strict):
     steps: int | None = Field(default=None, ge=0)  # overrides training.steps for this method
 
 
+def _check_test_envs(value: Any) -> Any:
+    """One message for every wrong shape, instead of one per branch of a type union."""
+
+    def is_env(item: Any) -> bool:
+        return isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool) and item >= 0)
+
+    if value == "all":
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(is_env(item) or (isinstance(item, list) and item and all(is_env(i) for i in item)) for item in value)
+    ):
+        return value
+    raise ValueError(
+        f"test_envs must be 'all' or a non-empty list whose items are environment indices, names, "
+        f"or non-empty lists of them; got {value!r}"
+    )
+
+
+SEED = Annotated[int, Field(ge=0, strict=True)]  # numpy and torch take seeds in [0, 2**32)
+
+
 class DatasetEntry(_Strict):
     name: str
     # "all": leave-one-domain-out over every environment; a list: one run per item, each an
     # environment index, an environment name, or a list of them (several test envs at once)
-    test_envs: Union[Literal["all"], list[Union[int, str, list[Union[int, str]]]]] = "all"
+    test_envs: Annotated[Any, BeforeValidator(_check_test_envs)] = "all"
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # DomainBed's default
-    data_seed: int | None = None  # None: the run's seed, as DomainBed's trial seed
+    data_seed: SEED | None = None  # None: the run's seed, as DomainBed's trial seed
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -83,7 +107,7 @@ class Suite(_Strict):
     methods: list[MethodEntry] = Field(min_length=1)
     bits: list[Bits] = Field(default_factory=lambda: ["W4A4"], min_length=1)
     quant: QuantConfig = Field(default_factory=QuantConfig)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[SEED] = Field(default_factory=lambda: [0], min_length=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     # the full-precision run a QAT method starts from; default: the suite's `erm` entry
     parent: MethodEntry | None = None
@@ -93,7 +117,6 @@ class Suite(_Strict):
         lambda value: [_name_only(v) for v in value] if isinstance(value, list) else value
     )
     _parent_as_entry = field_validator("parent", mode="before")(_name_only)
-
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -130,8 +153,8 @@ def split_key_path(key: str) -> list[str | int]:
     """'methods[1].hparams.lr' or 'methods.1.hparams.lr' -> ['methods', 1, 'hparams', 'lr']."""
     parts: list[str | int] = []
     for piece in _INDEX.sub(r".\1", key).split("."):
-        if piece == "":
-            raise UserError(f"--set {key}: empty part in the key path")
+        if piece == "" or not re.fullmatch(r"[A-Za-z0-9_]+", piece):
+            raise UserError(f"--set {key}: a key path is names and list indices, e.g. methods[1].hparams.lr")
         parts.append(int(piece) if piece.isdigit() else piece)
     return parts
 
@@ -187,9 +210,13 @@ def blame(path: str | os.PathLike, loc: Sequence[str | int], touched: set[str]) 
     """'suites/x.yaml: methods[1].name' or '--set methods[1].name' when an override set it."""
     where = format_loc(loc)
     for key in touched:
-        if where == key or where.startswith(key + ".") or where.startswith(key + "["):
+        if _within(where, key) or _within(key, where):  # the override set this key, or keys below it
             return f"--set {key}"
     return f"{path}: {where}"
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer + ".") or inner.startswith(outer + "[")
 
 
 def parse_suite(path: str | os.PathLike, raw: dict[str, Any], touched: set[str]) -> Suite:
@@ -204,8 +231,9 @@ def explain_validation_error(exc: ValidationError, path, raw: dict[str, Any], to
     loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
-        key = loc[-1]
-        return f"{blame(path, loc, touched)}: unknown key '{key}'{did_you_mean(str(key), allowed)}; allowed: {allowed_list(allowed)}"
+        key = str(loc[-1])
+        hint = did_you_mean(key, allowed)
+        return f"{blame(path, loc, touched)}: unknown key '{key}'{hint}; allowed: {allowed_list(allowed)}"
     if error["type"] == "missing":
         return f"{blame(path, loc, touched)}: required key is missing"
     if error["type"] == "value_error":  # our own validators name the bad value themselves

@@ -1,4 +1,5 @@
 """Datasets by name, their environments, and in/out splits."""
+
 from __future__ import annotations
 
 import os
@@ -10,16 +11,27 @@ from qatbench.data.loaders import eval_batches, infinite_batches
 from qatbench.data.registry import DATASETS
 from qatbench.errors import UserError
 
-__all__ = ["DATASETS", "DomainDataset", "EnvSplit", "build_dataset", "eval_batches", "infinite_batches",
-           "resolve_data_root", "split_environments"]
+__all__ = [
+    "DATASETS",
+    "DomainDataset",
+    "EnvSplit",
+    "build_dataset",
+    "eval_batches",
+    "infinite_batches",
+    "resolve_data_root",
+    "split_environments",
+]
 
 DATA_ROOT_ENV = "QATBENCH_DATA"
 
 
 def resolve_data_root(flag: str | os.PathLike | None, suite_value: str | None = None) -> Path | None:
     """--data-root, else $QATBENCH_DATA, else the suite's data_root; it must exist when given."""
-    for source, value in (("--data-root", flag), (f"${DATA_ROOT_ENV}", os.environ.get(DATA_ROOT_ENV)),
-                          ("data_root", suite_value)):
+    for source, value in (
+        ("--data-root", flag),
+        (f"${DATA_ROOT_ENV}", os.environ.get(DATA_ROOT_ENV)),
+        ("data_root", suite_value),
+    ):
         if value:
             root = Path(value).expanduser()
             if not root.is_dir():

@@ -4,6 +4,7 @@ Splits depend only on the data seed and the environment index (never on the meth
 hparams or the run seed), so every method of a suite sees the same training and validation
 images, and a QAT run fine-tuned from its FP parent never validates on what the parent saw.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
+
+from qatbench.errors import UserError
 
 
 @dataclass
@@ -25,7 +28,9 @@ class DomainDataset:
 
     def __post_init__(self):
         if len(self.environments) != len(self.envs):
-            raise ValueError(f"{self.name}: {len(self.environments)} environment names for {len(self.envs)} environments")
+            raise ValueError(
+                f"{self.name}: {len(self.environments)} environment names for {len(self.envs)} environments"
+            )
 
 
 @dataclass
@@ -47,6 +52,11 @@ def split_environments(dataset: DomainDataset, holdout_fraction: float, data_see
     for i, (name, env) in enumerate(zip(dataset.environments, dataset.envs)):
         order = split_seed(data_seed, i).permutation(len(env))
         n_out = int(len(env) * holdout_fraction)
+        if not 0 < n_out < len(env):
+            raise UserError(
+                f"holdout_fraction {holdout_fraction} leaves environment '{name}' of {dataset.name} "
+                f"({len(env)} examples) with an empty in or out split"
+            )
         out_idx, in_idx = np.sort(order[:n_out]), np.sort(order[n_out:])
         splits.append(EnvSplit(name, _subset(env, in_idx), _subset(env, out_idx)))
     return splits

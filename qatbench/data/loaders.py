@@ -4,6 +4,7 @@ In-memory tensor environments are indexed a whole batch at a time (no per-sample
 calls, no worker processes), which is what makes the embedded default train in seconds.
 Other datasets go through a DataLoader.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ def infinite_batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[t
     while True:
         order = torch.randperm(size, generator=generator)
         for start in range(0, size - batch_size + 1, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             if tensors is not None:
                 yield tuple(t[index] for t in tensors)
             else:
@@ -33,7 +34,7 @@ def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[torch.Tens
     tensors = getattr(dataset, "tensors", None)
     if tensors is not None:
         for start in range(0, len(dataset), batch_size):
-            yield tuple(t[start:start + batch_size] for t in tensors)
+            yield tuple(t[start : start + batch_size] for t in tensors)
         return
     yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
 

@@ -10,6 +10,7 @@ Lopez-Paz, "In Search of Lost Domain Generalization", ICLR 2021, datasets.py):
 - ColoredMNIST: label = (digit < 5), flipped with probability 0.25; color = label, flipped with
   probability e = 0.1, 0.2, 0.9 per environment; the image is put in the red or green channel.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,9 +47,13 @@ def _deal(n_envs: int, data_seed: int) -> list[torch.Tensor]:
     return [order[i::n_envs] for i in range(n_envs)]
 
 
-@DATASETS.register("RotatedMNIST", summary="5,000 real MNIST digits, 6 rotation domains (DomainBed)",
-                   paper="Ghifary et al. 2015; DomainBed (Gulrajani & Lopez-Paz 2021)",
-                   environments=[str(r) for r in ROTATIONS], needs_root=False)
+@DATASETS.register(
+    "RotatedMNIST",
+    summary="5,000 real MNIST digits, 6 rotation domains (DomainBed)",
+    paper="Ghifary et al. 2015; DomainBed (Gulrajani & Lopez-Paz 2021)",
+    environments=[str(r) for r in ROTATIONS],
+    needs_root=False,
+)
 def rotated_mnist(root=None, data_seed: int = 0) -> DomainDataset:
     x, y = mnist_digits()
     envs = []
@@ -58,9 +63,13 @@ def rotated_mnist(root=None, data_seed: int = 0) -> DomainDataset:
     return DomainDataset("RotatedMNIST", [str(r) for r in ROTATIONS], envs, (1, 28, 28), 10)
 
 
-@DATASETS.register("ColoredMNIST", summary="5,000 real MNIST digits, 3 color-correlation domains (DomainBed)",
-                   paper="Arjovsky et al. 2019 (IRM); DomainBed (Gulrajani & Lopez-Paz 2021)",
-                   environments=["+90%", "+80%", "-90%"], needs_root=False)
+@DATASETS.register(
+    "ColoredMNIST",
+    summary="5,000 real MNIST digits, 3 color-correlation domains (DomainBed)",
+    paper="Arjovsky et al. 2019 (IRM); DomainBed (Gulrajani & Lopez-Paz 2021)",
+    environments=["+90%", "+80%", "-90%"],
+    needs_root=False,
+)
 def colored_mnist(root=None, data_seed: int = 0) -> DomainDataset:
     x, y = mnist_digits()
     rng = torch.Generator().manual_seed(data_seed)

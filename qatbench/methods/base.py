@@ -9,6 +9,7 @@ frozen full-precision teacher); methods never read files. Each method declares a
 `HParams` dataclass next to its code whose defaults are its paper's values, with a comment
 saying where each comes from.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,18 @@ Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 class Method:
     kind: ClassVar[str] = "fp"  # "fp": trains float models; "qat": trains quantized ones from an FP parent
-    needs_teacher: ClassVar[bool] = False  # QAT methods that distil from their frozen FP parent
     HParams: ClassVar[type]
 
-    def __init__(self, model: nn.Module, num_classes: int, hparams: Mapping[str, Any], *,
-                 teacher: nn.Module | None = None, quant: QuantSpec | None = None, total_steps: int = 1):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        hparams: Mapping[str, Any],
+        *,
+        teacher: nn.Module | None = None,
+        quant: QuantSpec | None = None,
+        total_steps: int = 1,
+    ):
         self.model = model
         self.num_classes = num_classes
         self.hparams = self.HParams(**dict(hparams))

@@ -13,6 +13,7 @@
 2. loss = cross_entropy(model(x), y)
 3. one optimiser step on the weights (and, for lsq, the step sizes); one schedule step
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,9 @@ class ERM(Method):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.lr, self.weight_decay = self._lr(), self._weight_decay()
-        self.optimizer = make_optimizer(param_groups(self.model, self.weight_decay), self.hparams.optimizer,
-                                        self.lr, self.hparams.momentum)
+        self.optimizer = make_optimizer(
+            param_groups(self.model, self.weight_decay), self.hparams.optimizer, self.lr, self.hparams.momentum
+        )
         self.schedule = make_schedule(self.optimizer, self.hparams.schedule, self.total_steps)
 
     def _lr(self) -> float:
@@ -77,8 +79,11 @@ class ERM(Method):
         return {**super().effective_hparams(), "lr": self.lr, "weight_decay": self.weight_decay}
 
 
-@METHODS.register("lsq", summary="plain QAT with learned step sizes, fine-tuned from FP",
-                  paper="Esser et al., ICLR 2020, arXiv:1902.08153")
+@METHODS.register(
+    "lsq",
+    summary="plain QAT with learned step sizes, fine-tuned from FP",
+    paper="Esser et al., ICLR 2020, arXiv:1902.08153",
+)
 class LSQ(ERM):
     kind = "qat"
     HParams = LsqHParams

@@ -1,4 +1,5 @@
 """Optimisers and learning-rate schedules shared by the methods, built from their hparams."""
+
 from __future__ import annotations
 
 import math
@@ -29,9 +30,13 @@ def make_optimizer(groups: Iterable[dict], name: str, lr: float, momentum: float
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_schedule(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if name == "cosine":  # cosine decay to zero over the run, no restarts (LSQ, FPQ)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
     raise ValueError(f"schedule must be 'constant' or 'cosine', got {name!r}")

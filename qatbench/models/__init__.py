@@ -1,4 +1,5 @@
 """Architectures by name. Every factory takes (input_shape, num_classes, **options)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,5 +12,7 @@ from qatbench.models.registry import MODELS
 __all__ = ["MODELS", "build_model"]
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any] | None = None
+) -> nn.Module:
     return MODELS.build(name, tuple(input_shape), num_classes, **(options or {}))

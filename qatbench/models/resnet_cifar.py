@@ -5,6 +5,7 @@ Shortcut option A (the paper's: identity with zero-padded channels and stride-2 
 or option B (1x1 convolution + BN, as many QAT code bases use); option A has no parameters to
 quantize in the shortcut.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,9 @@ class BasicBlock(nn.Module):
             if shortcut == "A":
                 self.shortcut = _PadShortcut(c_out - c_in, stride)
             else:
-                self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -5,6 +5,7 @@ global average pooling, one linear classifier) but narrower and with BatchNorm, 
 quantized networks fold and train with; DomainBed's 64-128-128-128 GroupNorm version costs
 about 8x more per step.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -13,7 +14,11 @@ from qatbench.models.registry import MODELS
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 @MODELS.register("small_cnn", summary="4-conv BN CNN for 28x28 inputs (DomainBed MNIST_CNN, narrower)")

@@ -5,6 +5,7 @@ No run-time downloads: `pretrained: true` looks for torchvision's own cache file
 `pretrained: /path/to/weights.pth` names a file. The classifier is replaced when the number
 of classes differs from ImageNet's, and the stem when the input is not RGB.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,9 @@ def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (any unreadable file is the user's to fix)
-        raise UserError(f"model '{name}': cannot read weights from {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise UserError(
+            f"model '{name}': cannot read weights from {path}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -53,10 +56,15 @@ def _load_pretrained(model: nn.Module, name: str, pretrained: bool | str | os.Pa
     path = pretrained_path(name, pretrained)
     state = _read_state_dict(name, path)
     own = model.state_dict()
-    replaced = tuple(prefix for prefix, kept in (("fc.", model.fc.out_features == 1000),
-                                                 ("conv1.", model.conv1.in_channels == 3)) if not kept)
+    replaced = tuple(
+        prefix
+        for prefix, kept in (("fc.", model.fc.out_features == 1000), ("conv1.", model.conv1.in_channels == 3))
+        if not kept
+    )
     foreign = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape and not k.startswith(replaced))
+    mismatched = sorted(
+        k for k in set(state) & set(own) if state[k].shape != own[k].shape and not k.startswith(replaced)
+    )
     missing = sorted(k for k in set(own) - set(state) if not k.startswith(replaced))
     if foreign or mismatched or missing:
         example = (foreign or mismatched or missing)[:3]
@@ -65,7 +73,9 @@ def _load_pretrained(model: nn.Module, name: str, pretrained: bool | str | os.Pa
     model.load_state_dict(usable, strict=False)
 
 
-def _build(name: str, input_shape: tuple[int, ...], num_classes: int, pretrained: bool | str | os.PathLike) -> nn.Module:
+def _build(
+    name: str, input_shape: tuple[int, ...], num_classes: int, pretrained: bool | str | os.PathLike
+) -> nn.Module:
     model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     if input_shape[0] != 3:
         old = model.conv1

@@ -1,4 +1,5 @@
 """Turn a float model into a fake-quantized one, and initialise its step sizes from data."""
+
 from __future__ import annotations
 
 import copy

@@ -3,6 +3,7 @@
 Quantizing the input (not the output) of every conv/linear is LSQ's placement: the integer
 matmul sees integer activations and integer weights; BN and ReLU stay in float.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,10 +38,21 @@ class QuantConv2d(nn.Conv2d):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, per_channel: bool = False) -> QuantConv2d:
-        quantized = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                        padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                        bias=conv.bias is not None, padding_mode=conv.padding_mode, dtype=conv.weight.dtype,
-                        w_bits=w_bits, a_bits=a_bits, per_channel=per_channel)
+        quantized = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            dtype=conv.weight.dtype,
+            w_bits=w_bits,
+            a_bits=a_bits,
+            per_channel=per_channel,
+        )
         return _copy_parameters(conv, quantized)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,8 +68,15 @@ class QuantLinear(nn.Linear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, w_bits: int, a_bits: int, per_channel: bool = False) -> QuantLinear:
-        quantized = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                        dtype=linear.weight.dtype, w_bits=w_bits, a_bits=a_bits, per_channel=per_channel)
+        quantized = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            dtype=linear.weight.dtype,
+            w_bits=w_bits,
+            a_bits=a_bits,
+            per_channel=per_channel,
+        )
         return _copy_parameters(linear, quantized)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ scale as `(s - s*g).detach() + s*g`, never as a custom autograd.Function: that k
 backward and every torch.func transform working, which Hessians of quantized models need
 (a Function without a jvp rule breaks forward-over-reverse; see shared/MEASURED.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,9 @@ class LsqQuantizer(nn.Module):
     `qatbench.quant.convert` makes that batch an explicit training batch.
     """
 
-    def __init__(self, bits: int, kind: Kind, *, per_channel: bool = False, channels: int = 1,
-                 signed: bool | None = None):
+    def __init__(
+        self, bits: int, kind: Kind, *, per_channel: bool = False, channels: int = 1, signed: bool | None = None
+    ):
         super().__init__()
         if kind == "weight":
             signed = True if signed is None else signed
@@ -112,8 +114,7 @@ class LsqQuantizer(nn.Module):
         return lsq_quantize(x, step, self.q_n, self.q_p, g)
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"bits": self.bits, "signed": self.signed, "auto_sign": self.auto_sign,
-                "initialized": self.initialized}
+        return {"bits": self.bits, "signed": self.signed, "auto_sign": self.auto_sign, "initialized": self.initialized}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.bits = state["bits"]

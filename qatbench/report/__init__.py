@@ -3,6 +3,7 @@
 `qatbench.report(records, format="md")` renders the tables; the package itself is callable so
 that the documented API and the subpackage share one name.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,13 +25,17 @@ Format = Literal["md", "latex"]
 def render(records: pd.DataFrame, format: Format = "md", selection: str = "training_domain") -> str:
     """The accuracy tables of every (suite, dataset, model) in `records`, plus what is missing."""
     if format not in ("md", "latex"):
-        raise UserError(f"--format: unknown format '{format}'{did_you_mean(format, ['md', 'latex'])}; allowed: latex, md")
+        raise UserError(
+            f"--format: unknown format '{format}'{did_you_mean(format, ['md', 'latex'])}; allowed: latex, md"
+        )
     if selection not in SELECTIONS:
-        raise UserError(f"--selection: unknown selection '{selection}'{did_you_mean(selection, SELECTIONS)}; "
-                        f"allowed: {allowed_list(SELECTIONS)}")
+        raise UserError(
+            f"--selection: unknown selection '{selection}'{did_you_mean(selection, SELECTIONS)}; "
+            f"allowed: {allowed_list(SELECTIONS)}"
+        )
     if records.empty or "status" not in records:
         return "No records found.\n"
-    tables = build_tables(records, load_curves(records[records["status"] == "done"]), SELECTIONS[selection]())
+    tables = build_tables(records, SELECTIONS[selection](), load_curves)
     body = to_markdown(tables) if format == "md" else to_latex(tables)
     return body + _not_counted(records, format)
 
@@ -42,9 +47,12 @@ def _not_counted(records: pd.DataFrame, format: Format) -> str:
         return ""
     comment = "% " if format == "latex" else ""
     lines = [f"\n{comment}Not counted: {len(bad)} run(s) that did not finish:"]
-    for row in bad.itertuples():
-        lines.append(f"{comment}- {row.run_id} {row.label} {row.bits} seed {row.seed} test_envs {row.test_envs}: "
-                     f"{row.status}: {getattr(row, 'error', '') or ''}")
+    for row in bad.to_dict("records"):
+        what = " ".join(f"{row.get(k, '?')}" for k in ("run_id", "label", "bits"))
+        lines.append(
+            f"{comment}- {what} seed {row.get('seed', '?')} test_envs {row.get('test_envs', '?')}: "
+            f"{row['status']}: {row.get('error') or ''}"
+        )
     return "\n".join(lines) + "\n"
 
 

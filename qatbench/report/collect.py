@@ -1,4 +1,5 @@
 """Records on disk -> pandas. The only way any table or figure learns about a run."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-log = logging.getLogger(__name__)
+from qatbench.records import CURVE, RECORD
 
-RECORD = "record.json"  # the runner's file names (qatbench.runner.store), repeated so report stays torch-free
-CURVE = "curve.jsonl"
+log = logging.getLogger(__name__)
 
 
 def load_records(results: str | Path = "results") -> pd.DataFrame:
@@ -25,8 +25,8 @@ def load_records(results: str | Path = "results") -> pd.DataFrame:
         except (OSError, ValueError) as exc:
             log.warning("skipping unreadable record %s: %s", path, exc)
             continue
-        if not isinstance(record, dict):
-            log.warning("skipping record %s: not a JSON object", path)
+        if not isinstance(record, dict) or not {"run_id", "status"} <= set(record):
+            log.warning("skipping record %s: not a run record (a JSON object with run_id and status)", path)
             continue
         record["run_dir"] = str(path.parent)
         rows.append(record)
@@ -36,8 +36,10 @@ def load_records(results: str | Path = "results") -> pd.DataFrame:
 def load_curves(records: pd.DataFrame) -> pd.DataFrame:
     """The evaluation curves of the given runs, long format: one row per (run_id, step)."""
     frames = []
-    for run_id, run_dir, curve_file in records[["run_id", "run_dir", "curve_file"]].itertuples(index=False):
-        path = Path(run_dir) / (curve_file or CURVE)
+    for row in records.to_dict("records"):
+        run_id = row["run_id"]
+        curve_file = row.get("curve_file")
+        path = Path(row["run_dir"]) / (curve_file if isinstance(curve_file, str) else CURVE)
         try:  # json, not pd.read_json: its default float parser is not exact
             curve = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
         except (OSError, ValueError) as exc:

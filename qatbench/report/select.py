@@ -5,12 +5,19 @@ run (qatbench suites fix hparams, as SWAD/SAGM do):
 
 - training-domain validation: the evaluation with the best mean accuracy on the training
   domains' held-out `out` splits (`id_acc`);
-- test-domain oracle: the best mean accuracy on the test domains' `out` splits;
 - last: the final evaluation.
+
+DomainBed's test-domain oracle chooses among hparam configurations (each at its last step), so
+with fixed hparams it is the last checkpoint; it arrives with hparam sweeps.
 """
+
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 class Selection:
@@ -25,9 +32,15 @@ class Selection:
         rows = []
         for run_id, test_envs in records[["run_id", "test_envs"]].itertuples(index=False):
             curve = curves[curves["run_id"] == run_id]
-            if curve.empty:
+            try:
+                score = self.score(curve, list(test_envs))
+            except KeyError as exc:
+                log.warning("run %s: its curve lacks %s; not shown", run_id, exc)
                 continue
-            score = self.score(curve, list(test_envs))
+            score = score.dropna()
+            if score.empty:
+                log.warning("run %s: its curve has no values to select on; not shown", run_id)
+                continue
             rows.append(curve.loc[score.idxmax()])  # first best: ties go to the earlier checkpoint
         return pd.DataFrame(rows).set_index("run_id") if rows else pd.DataFrame()
 
@@ -40,14 +53,6 @@ class TrainingDomainValidation(Selection):
         return curve["id_acc"]
 
 
-class TestDomainOracle(Selection):
-    name = "oracle"
-    description = "test-domain validation (oracle)"
-
-    def score(self, curve, test_envs):
-        return curve[[f"env{i}_out_acc" for i in test_envs]].mean(axis=1)
-
-
 class LastCheckpoint(Selection):
     name = "last"
     description = "last checkpoint"
@@ -56,4 +61,4 @@ class LastCheckpoint(Selection):
         return curve["step"]
 
 
-SELECTIONS = {cls.name: cls for cls in (TrainingDomainValidation, TestDomainOracle, LastCheckpoint)}
+SELECTIONS = {cls.name: cls for cls in (TrainingDomainValidation, LastCheckpoint)}

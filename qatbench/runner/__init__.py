@@ -1,4 +1,5 @@
 """Turning RunSpecs into records: training, storage, sweeps."""
+
 from qatbench.runner.catalog import CATALOG, RegistryCatalog
 from qatbench.runner.sweep import SweepSummary, plan, run_specs
 from qatbench.runner.train import run_one

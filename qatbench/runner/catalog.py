@@ -1,5 +1,8 @@
 """The registries, seen through the `Catalog` the config layer validates suites against."""
+
 from __future__ import annotations
+
+import inspect
 
 from qatbench.config import MethodKind
 from qatbench.data import DATASETS
@@ -26,10 +29,9 @@ class RegistryCatalog:
     def model_names(self) -> list[str]:
         return MODELS.names()
 
-    def check_options(self, kind: str, name: str, options: dict, where: str) -> None:
+    def option_parameters(self, kind: str, name: str) -> list[inspect.Parameter]:
         # factories take (root, data_seed, **options) and (input_shape, num_classes, **options)
-        registry = DATASETS if kind == "dataset" else MODELS
-        registry.check_options(name, 2, options, where)
+        return (DATASETS if kind == "dataset" else MODELS).parameters(name, 2)
 
 
 CATALOG = RegistryCatalog()

@@ -4,6 +4,7 @@ I.D. accuracy is the mean over training environments of their held-out `out` acc
 quantity DomainBed's training-domain validation selects on). OOD accuracy is the mean over
 test environments of the accuracy on the whole environment (`in` and `out` together).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,8 +25,9 @@ def count_correct(predict, dataset, batch_size: int, device: torch.device) -> tu
     return int(correct), total
 
 
-def evaluate(method, splits: Sequence[EnvSplit], test_envs: Sequence[int], batch_size: int,
-             device: torch.device) -> dict[str, float]:
+def evaluate(
+    method, splits: Sequence[EnvSplit], test_envs: Sequence[int], batch_size: int, device: torch.device
+) -> dict[str, float]:
     method.eval()
     metrics: dict[str, float] = {}
     for i, split in enumerate(splits):

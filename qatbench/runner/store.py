@@ -3,8 +3,10 @@ atomically), curve.jsonl (one line per evaluation), model.pt and, for failed run
 
 A record is the truth of a run; a folder without one is a run that never finished.
 """
+
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -13,11 +15,22 @@ from typing import Any
 
 import torch
 
-RECORD = "record.json"
-CURVE = "curve.jsonl"
-MODEL = "model.pt"
-ERROR_LOG = "error.log"
-FINISHED = ("done", "diverged")  # a rerun would give the same result: never run twice
+from qatbench.records import CURVE, ERROR_LOG, FINISHED, MODEL, RECORD, flatten, read_record
+
+__all__ = [
+    "CURVE",
+    "ERROR_LOG",
+    "FINISHED",
+    "MODEL",
+    "RECORD",
+    "atomic_write_bytes",
+    "flatten",
+    "is_finished",
+    "read_record",
+    "run_dir",
+    "save_model",
+    "write_json",
+]
 
 
 def run_dir(results: Path, suite: str, run_id: str) -> Path:
@@ -44,32 +57,11 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def save_model(path: Path, model: torch.nn.Module) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-
-
-def read_record(folder: Path) -> dict[str, Any] | None:
-    """The record of a run folder, or None when it has none (unfinished) or it is unreadable."""
-    try:
-        return json.loads((folder / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def is_finished(folder: Path) -> bool:
     record = read_record(folder)
     return record is not None and record.get("status") in FINISHED
-
-
-def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'hparams': {'lr': 0.1}} -> {'hparams.lr': 0.1}: flat keys, one column each in pandas."""
-    flat: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat

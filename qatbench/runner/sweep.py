@@ -1,4 +1,5 @@
 """Run every RunSpec of a suite once: full-precision parents first, finished runs skipped."""
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,9 @@ class SweepSummary:
         return f"{len(self.records)} runs: " + ", ".join(parts) + f" ({self.reused} already finished, skipped)"
 
 
-def run_specs(specs: list[RunSpec], results: Path, *, data_root: Path | None = None, device: str = "auto",
-              progress: bool = True) -> SweepSummary:
+def run_specs(
+    specs: list[RunSpec], results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
+) -> SweepSummary:
     summary = SweepSummary()
     planned = plan(specs)
     for spec in tqdm(planned, desc="runs", unit="run", disable=not progress):

@@ -7,9 +7,9 @@
 A run that raises is recorded as `failed` with its error (traceback in error.log); a run whose
 loss stops being finite is recorded as `diverged`. Either way the sweep goes on.
 """
+
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 import qatbench
 from qatbench.config import RunSpec
 from qatbench.data import build_dataset, infinite_batches, split_environments
+from qatbench.errors import UserError
 from qatbench.methods import METHODS
 from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
@@ -41,8 +42,9 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
-def run_one(spec: RunSpec, results: Path, *, data_root: Path | None = None, device: str = "auto",
-            progress: bool = True) -> dict[str, Any]:
+def run_one(
+    spec: RunSpec, results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
+) -> dict[str, Any]:
     """Train and evaluate one run; write and return its record (whatever its status)."""
     folder = store.run_dir(results, spec.suite, spec.run_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,9 +53,9 @@ def run_one(spec: RunSpec, results: Path, *, data_root: Path | None = None, devi
     started = time.time()
     record = describe(spec)
     record["started_at"] = _now()
-    torch_device = resolve_device(device)
-    record["device"] = str(torch_device)
     try:
+        torch_device = resolve_device(device)
+        record["device"] = str(torch_device)
         record.update(_train(spec, folder, results, data_root, torch_device, progress))
         record["status"] = "done"
     except Diverged as exc:
@@ -71,38 +73,52 @@ def run_one(spec: RunSpec, results: Path, *, data_root: Path | None = None, devi
 
 def describe(spec: RunSpec) -> dict[str, Any]:
     """The record's spec part: what was asked for, in flat keys."""
-    return store.flatten({
-        "run_id": spec.run_id,
-        "suite": spec.suite,
-        "label": spec.label,
-        "method": spec.method,
-        "dataset": spec.dataset,
-        "test_envs": list(spec.test_envs),
-        "model": spec.model,
-        "seed": spec.seed,
-        "data_seed": spec.data_seed,
-        "holdout_fraction": spec.holdout_fraction,
-        "steps": spec.steps,
-        "batch_size": spec.batch_size,
-        "eval_every": spec.eval_every,
-        "bits": spec.bits_label,
-        "w_bits": spec.quant.w_bits if spec.quant else 32,
-        "a_bits": spec.quant.a_bits if spec.quant else 32,
-        "quant": spec.quant.to_dict() if spec.quant else {},
-        "hparams": dict(spec.hparams),
-        "dataset_options": dict(spec.dataset_options),
-        "model_options": dict(spec.model_options),
-        "parent_run_id": spec.parent.run_id if spec.parent else None,
-        "curve_file": store.CURVE,
-        "model_file": store.MODEL,
-        "versions": {"qatbench": qatbench.__version__, "torch": torch.__version__, "python": platform.python_version()},
-    })
+    return store.flatten(
+        {
+            "run_id": spec.run_id,
+            "suite": spec.suite,
+            "label": spec.label,
+            "method": spec.method,
+            "dataset": spec.dataset,
+            "test_envs": list(spec.test_envs),
+            "model": spec.model,
+            "seed": spec.seed,
+            "data_seed": spec.data_seed,
+            "holdout_fraction": spec.holdout_fraction,
+            "steps": spec.steps,
+            "batch_size": spec.batch_size,
+            "eval_every": spec.eval_every,
+            "bits": spec.bits_label,
+            "w_bits": spec.quant.w_bits if spec.quant else 32,
+            "a_bits": spec.quant.a_bits if spec.quant else 32,
+            "quant": spec.quant.to_dict() if spec.quant else {},
+            "hparams": dict(spec.hparams),
+            "dataset_options": dict(spec.dataset_options),
+            "model_options": dict(spec.model_options),
+            "parent_run_id": spec.parent.run_id if spec.parent else None,
+            "curve_file": store.CURVE,
+            "versions": {
+                "qatbench": qatbench.__version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        }
+    )
 
 
 def resolve_device(device: str) -> torch.device:
+    """'auto' is the GPU when there is one; anything else must name a device that is here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device '{device}'; allowed: auto, cpu, cuda, cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
+    if resolved.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: unsupported device '{device}'; allowed: auto, cpu, cuda, cuda:N")
+    return resolved
 
 
 def seed_everything(seed: int) -> None:
@@ -111,8 +127,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _train(spec: RunSpec, folder: Path, results: Path, data_root: Path | None, device: torch.device,
-           progress: bool) -> dict[str, Any]:
+def _train(
+    spec: RunSpec, folder: Path, results: Path, data_root: Path | None, device: torch.device, progress: bool
+) -> dict[str, Any]:
     seed_everything(spec.seed)
     dataset = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
     splits = split_environments(dataset, spec.holdout_fraction, spec.data_seed)
@@ -122,27 +139,29 @@ def _train(spec: RunSpec, folder: Path, results: Path, data_root: Path | None, d
     iterators = [infinite_batches(splits[i].in_split, spec.batch_size, seed=spec.seed * 1000 + i) for i in train_envs]
 
     model = build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
-    teacher = None
     if spec.parent is not None:
         model.load_state_dict(_parent_weights(spec.parent, results))
     model = model.to(device)
-    method_cls = METHODS.get(spec.method)
     if spec.quant is not None:
-        if method_cls.needs_teacher:
-            teacher = _frozen_copy(model)
         model = quantize_model(model, spec.quant)
         calibrate(model, calibration_batch(splits, train_envs, spec).to(device))
-    method = method_cls(model, dataset.num_classes, spec.hparams, teacher=teacher, quant=spec.quant,
-                        total_steps=spec.steps)
+    method = METHODS.get(spec.method)(
+        model, dataset.num_classes, spec.hparams, quant=spec.quant, total_steps=spec.steps
+    )
     method.train()
 
     curve_path = folder / store.CURVE
     step_times: list[float] = []
     eval_steps = set(range(spec.eval_every, spec.steps + 1, spec.eval_every)) | {spec.steps}
     last_eval: dict[str, Any] = {}
-    bar = tqdm(total=spec.steps, desc=f"{spec.label} {spec.bits_label} {spec.run_id[:8]}", leave=False,
-               disable=not progress, unit="step")
-    with open(curve_path, "w") as curve:
+    bar = tqdm(
+        total=spec.steps,
+        desc=f"{spec.label} {spec.bits_label} {spec.run_id[:8]}",
+        leave=False,
+        disable=not progress,
+        unit="step",
+    )
+    with bar, open(curve_path, "w") as curve:
         if spec.steps == 0:
             last_eval = _log_eval(curve, 0, {}, method, splits, spec, device)
         for step in range(1, spec.steps + 1):
@@ -156,16 +175,19 @@ def _train(spec: RunSpec, folder: Path, results: Path, data_root: Path | None, d
             if step in eval_steps:
                 last_eval = _log_eval(curve, step, losses, method, splits, spec, device)
                 bar.set_postfix(id=f"{last_eval['id_acc']:.3f}", ood=f"{last_eval['ood_acc']:.3f}")
-    bar.close()
     store.save_model(folder / store.MODEL, method.model)
     accuracies = {k: v for k, v in last_eval.items() if k.endswith("_acc")}
     losses = {k: v for k, v in last_eval.items() if k not in accuracies and k != "step"}
-    sizes = {f"env{i}_{part}_n": len(getattr(split, f"{part}_split")) for i, split in enumerate(splits)
-             for part in ("in", "out")}
+    sizes = {
+        f"env{i}_{part}_n": len(getattr(split, f"{part}_split"))
+        for i, split in enumerate(splits)
+        for part in ("in", "out")
+    }
     return {
         **accuracies,  # at the last evaluation; reports select among all of curve.jsonl
         **sizes,
         "final_step": last_eval.get("step", 0),
+        "model_file": store.MODEL,
         "train": losses,
         "environments": dataset.environments,
         "n_params": sum(p.numel() for p in method.model.parameters()),
@@ -177,7 +199,9 @@ def _train(spec: RunSpec, folder: Path, results: Path, data_root: Path | None, d
 def calibration_batch(splits, train_envs: list[int], spec: RunSpec) -> torch.Tensor:
     """One minibatch per training environment, from its own seeded stream so that
     calibrating never shifts the training data order."""
-    streams = [infinite_batches(splits[i].in_split, spec.batch_size, seed=spec.seed * 1000 + 500 + i) for i in train_envs]
+    streams = [
+        infinite_batches(splits[i].in_split, spec.batch_size, seed=spec.seed * 1000 + 500 + i) for i in train_envs
+    ]
     return torch.cat([next(stream)[0] for stream in streams])
 
 
@@ -195,13 +219,6 @@ def _parent_weights(parent: RunSpec, results: Path) -> dict[str, torch.Tensor]:
         state = "missing" if record is None else f"{record.get('status')}: {record.get('error', '')}"
         raise RuntimeError(f"full-precision parent run {parent.run_id} is {state}")
     return torch.load(folder / store.MODEL, map_location="cpu", weights_only=True)
-
-
-def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    teacher = copy.deepcopy(model).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
 
 
 def _now() -> str:

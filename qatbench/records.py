@@ -1,0 +1,35 @@
+"""What a run folder holds, named once for the runner that writes it and the report that reads
+it (the report must stay torch-free, so this module imports nothing but the standard library)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RECORD = "record.json"  # written last and atomically: a folder without one never finished
+CURVE = "curve.jsonl"  # one line per evaluation
+MODEL = "model.pt"  # the final state_dict
+ERROR_LOG = "error.log"  # traceback of a failed run
+FINISHED = ("done", "diverged")  # a rerun would give the same result: never run twice
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The record of a run folder, or None when it has none (unfinished) or it is unreadable."""
+    try:
+        record = json.loads((Path(folder) / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'hparams': {'lr': 0.1}} -> {'hparams.lr': 0.1}: flat keys, one column each in pandas."""
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
