@@ -20,7 +20,8 @@ Blame = Callable[[Sequence[str | int]], str]
 
 
 def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
-    """Raise a one-line UserError for the first name or hparam the registries do not know."""
+    """Raise a one-line UserError for the first unknown name, option or hparam, or for two method
+    entries that would share a row label or train the same runs."""
     labels: dict[str, int] = {}
     runs: dict[str, int] = {}
     for i, entry in enumerate(suite.methods):
