@@ -31,7 +31,7 @@ def _fails_with_one_line(capsys, argv) -> str:
         ),
         (
             "datasets[0].name=RotatedMNST",
-            "unknown dataset 'RotatedMNST' (did you mean 'RotatedMNIST'?); allowed: ColoredMNIST, RotatedMNIST",
+            "unknown dataset 'RotatedMNST' (did you mean 'RotatedMNIST'?); allowed: CIFAR10,",
         ),
         ("models[0].name=smal_cnn", "unknown model 'smal_cnn' (did you mean 'small_cnn'?)"),
         (
@@ -53,9 +53,9 @@ def _fails_with_one_line(capsys, argv) -> str:
         ("models[0].options.width=wide", "--set models[0].options.width: expected int, got 'wide'"),
         ("methods=[erm, {name: erm, hparams: {lr: 0.01}}]", "a second entry labelled 'erm' (the first is methods[0])"),
         ("methods=[erm, {name: erm, label: again}]", "runs exactly what methods[0] runs"),
-        ("datasets[0].test_envs=[]", "test_envs must be 'all' or a non-empty list"),
-        ("datasets[0].test_envs=[[]]", "test_envs must be 'all' or a non-empty list"),
-        ("datasets[0].test_envs=[1.5]", "test_envs must be 'all' or a non-empty list"),
+        ("datasets[0].test_envs=[]", "test_envs must be 'all', 'none' or a non-empty list"),
+        ("datasets[0].test_envs=[[]]", "test_envs must be 'all', 'none' or a non-empty list"),
+        ("datasets[0].test_envs=[1.5]", "test_envs must be 'all', 'none' or a non-empty list"),
         ("datasets[0].test_envs=[[0,1,2,3,4,5]]", "every environment of RotatedMNIST is a test environment"),
         ("seeds=[-1]", "--set seeds: Input should be greater than or equal to 0"),
         ("seeds=[true]", "--set seeds: Input should be a valid integer"),

@@ -23,8 +23,9 @@ class Catalog(Protocol):
 
     def dataset_names(self) -> list[str]: ...
 
-    def dataset_environments(self, name: str) -> list[str] | None:
-        """Environment names in order, or None when only the data on disk can tell."""
+    def dataset_environments(self, name: str, options: dict) -> list[str] | None:
+        """Environment names in order (they may depend on the dataset's options), or None when
+        only the data on disk can tell."""
         ...
 
     def model_names(self) -> list[str]: ...

@@ -4,6 +4,7 @@ bits x seeds expanded into RunSpecs."""
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
@@ -120,7 +121,9 @@ def resolve_options(
 
 def resolve_test_envs(entry: DatasetEntry, catalog: Catalog, blame: Blame) -> list[tuple[int, ...]]:
     """Each item of `test_envs` as a tuple of environment indices ("all": each one in turn)."""
-    names = catalog.dataset_environments(entry.name)
+    names = catalog.dataset_environments(entry.name, entry.options)
+    if entry.test_envs == "none":
+        return [()]
     if entry.test_envs == "all":
         if names is None:
             raise UserError(
@@ -131,7 +134,8 @@ def resolve_test_envs(entry: DatasetEntry, catalog: Catalog, blame: Blame) -> li
     groups = []
     for i, item in enumerate(entry.test_envs):
         members = item if isinstance(item, list) else [item]
-        group = tuple(sorted({_env_index(m, names, entry.name, blame(["test_envs", i])) for m in members}))
+        where = blame(["test_envs", i])
+        group = tuple(sorted({index for m in members for index in _env_indices(m, names, entry.name, where)}))
         if names is not None and len(group) == len(names):
             raise UserError(
                 f"{blame(['test_envs', i])}: every environment of {entry.name} is a test environment; "
@@ -139,6 +143,18 @@ def resolve_test_envs(entry: DatasetEntry, catalog: Catalog, blame: Blame) -> li
             )
         groups.append(group)
     return groups
+
+
+def _env_indices(item: int | str, names: list[str] | None, dataset: str, where: str) -> list[int]:
+    """An index, a name, or a glob pattern over the names ('*/5': every corruption at severity 5)."""
+    if isinstance(item, str) and names is not None and any(c in item for c in "*?["):
+        matched = [j for j, name in enumerate(names) if fnmatch.fnmatchcase(name, item)]
+        if not matched:
+            raise UserError(
+                f"{where}: pattern '{item}' matches no environment of {dataset}; it has: {', '.join(names)}"
+            )
+        return matched
+    return [_env_index(item, names, dataset, where)]
 
 
 def _env_index(item: int | str, names: list[str] | None, dataset: str, where: str) -> int:

@@ -52,7 +52,7 @@ def _check_test_envs(value: Any) -> Any:
     def is_env(item: Any) -> bool:
         return isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool) and item >= 0)
 
-    if value == "all":
+    if value in ("all", "none"):
         return value
     if (
         isinstance(value, list)
@@ -61,8 +61,8 @@ def _check_test_envs(value: Any) -> Any:
     ):
         return value
     raise ValueError(
-        f"test_envs must be 'all' or a non-empty list whose items are environment indices, names, "
-        f"or non-empty lists of them; got {value!r}"
+        f"test_envs must be 'all', 'none' or a non-empty list whose items are environment indices, names "
+        f"(glob patterns such as '*/5' allowed), or non-empty lists of them; got {value!r}"
     )
 
 
@@ -71,8 +71,9 @@ SEED = Annotated[int, Field(ge=0, strict=True)]  # numpy and torch take seeds in
 
 class DatasetEntry(_Strict):
     name: str
-    # "all": leave-one-domain-out over every environment; a list: one run per item, each an
-    # environment index, an environment name, or a list of them (several test envs at once)
+    # "all": leave-one-domain-out over every environment; "none": in-distribution only; a list: one
+    # run per item, each an environment index, a name or glob pattern, or a list of them (several
+    # test envs at once)
     test_envs: Annotated[Any, BeforeValidator(_check_test_envs)] = "all"
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # DomainBed's default
     data_seed: SEED | None = None  # None: the run's seed, as DomainBed's trial seed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qatbench.data import mnist_domains  # noqa: F401  (registers the embedded default)
+from qatbench.data import cifar, folders, imagenet, mnist_domains  # noqa: F401  (register the datasets)
 from qatbench.data.base import DomainDataset, EnvSplit, split_environments
 from qatbench.data.loaders import eval_batches, infinite_batches
 from qatbench.data.registry import DATASETS

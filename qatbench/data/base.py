@@ -7,7 +7,8 @@ images, and a QAT run fine-tuned from its FP parent never validates on what the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,13 +19,23 @@ from qatbench.errors import UserError
 
 @dataclass
 class DomainDataset:
-    """Environments of one dataset, in the order of `environments`."""
+    """Environments of one dataset, in the order of `environments`.
+
+    `train_transform` is random and per image, applied by the loader to training batches only;
+    `eval_transform` is deterministic and works on whole batches on the training device. An
+    environment whose data comes already split (CIFAR's train and test sets) is in
+    `fixed_splits` as its (in, out) pair and ignores the holdout fraction.
+    """
 
     name: str
     environments: list[str]
     envs: list[Dataset]
     input_shape: tuple[int, ...]
     num_classes: int
+    train_transform: Callable | None = None
+    eval_transform: Callable | None = None
+    fixed_splits: dict[int, tuple[Dataset, Dataset]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # unreadable image files, left out
 
     def __post_init__(self):
         if len(self.environments) != len(self.envs):
@@ -50,6 +61,9 @@ def split_environments(dataset: DomainDataset, holdout_fraction: float, data_see
     """Each environment's `out` split is a seeded `holdout_fraction` of it (DomainBed's holdout)."""
     splits = []
     for i, (name, env) in enumerate(zip(dataset.environments, dataset.envs)):
+        if i in dataset.fixed_splits:
+            splits.append(EnvSplit(name, *dataset.fixed_splits[i]))
+            continue
         order = split_seed(data_seed, i).permutation(len(env))
         n_out = int(len(env) * holdout_fraction)
         if not 0 < n_out < len(env):
@@ -63,7 +77,9 @@ def split_environments(dataset: DomainDataset, holdout_fraction: float, data_see
 
 
 def _subset(env: Dataset, indices: np.ndarray) -> Dataset:
-    """In-memory tensor environments stay tensors (fast batched indexing); others get a Subset."""
+    """Tensor environments stay tensors (fast batched indexing); others get a Subset."""
+    if hasattr(env, "subset"):
+        return env.subset(indices)
     tensors = getattr(env, "tensors", None)
     if tensors is not None:
         index = torch.as_tensor(indices, dtype=torch.long)

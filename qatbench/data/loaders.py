@@ -1,43 +1,86 @@
 """Minibatches for training and evaluation.
 
-In-memory tensor environments are indexed a whole batch at a time (no per-sample Python
-calls, no worker processes), which is what makes the embedded default train in seconds.
-Other datasets go through a DataLoader.
+Tensor environments (the embedded MNIST domains, and the decoded-image cache) are indexed a
+whole batch at a time: no per-sample Python calls, no worker processes. Only a random,
+per-image train transform needs per-image work; that goes through a DataLoader, with worker
+processes and pinned memory when a GPU is training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-
-def infinite_batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled minibatches: a fresh permutation per epoch, drawn from `seed` only."""
-    generator = torch.Generator().manual_seed(seed)
-    size = len(dataset)
-    batch_size = min(batch_size, size)
-    tensors = getattr(dataset, "tensors", None)
-    while True:
-        order = torch.randperm(size, generator=generator)
-        for start in range(0, size - batch_size + 1, batch_size):
-            index = order[start : start + batch_size]
-            if tensors is not None:
-                yield tuple(t[index] for t in tensors)
-            else:
-                yield _collate([dataset[i] for i in index.tolist()])
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+class EpochPermutations:
+    """Endless batches of indices: a fresh permutation per epoch, drawn from `seed` only."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, min(batch_size, size), seed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        while True:
+            order = torch.randperm(self.size, generator=generator)
+            for start in range(0, self.size - self.batch_size + 1, self.batch_size):
+                yield order[start : start + self.batch_size].tolist()
+
+
+def infinite_batches(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    *,
+    transform: Callable | None = None,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Shuffled minibatches forever; `transform` (random, per image) runs in the loader."""
+    indices = EpochPermutations(len(dataset), batch_size, seed)
+    if transform is None:
+        for index in indices:
+            yield take(dataset, index)
+        return
+    view = dataset.with_transform(transform) if hasattr(dataset, "with_transform") else _Mapped(dataset, transform)
+    yield from DataLoader(
+        view,
+        batch_sampler=indices,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),  # seeds the workers' augmentation
+    )
+
+
+def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[Batch]:
     """Every example once, in order."""
+    for start in range(0, len(dataset), batch_size):
+        yield take(dataset, list(range(start, min(start + batch_size, len(dataset)))))
+
+
+def take(dataset: Dataset, index: list[int]) -> Batch:
+    """One batch by index, gathered in one call where the dataset allows it."""
     tensors = getattr(dataset, "tensors", None)
     if tensors is not None:
-        for start in range(0, len(dataset), batch_size):
-            yield tuple(t[start : start + batch_size] for t in tensors)
-        return
-    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
-
-
-def _collate(samples):
+        rows = torch.as_tensor(index, dtype=torch.long)
+        return tuple(t[rows] for t in tensors)
+    if hasattr(dataset, "take"):
+        return dataset.take(np.asarray(index, dtype=np.int64))
+    samples = [dataset[i] for i in index]
     return tuple(torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in range(len(samples[0])))
+
+
+class _Mapped(Dataset):
+    def __init__(self, dataset: Dataset, transform: Callable):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return self.transform(x), y

@@ -23,8 +23,9 @@ class RegistryCatalog:
     def dataset_names(self) -> list[str]:
         return DATASETS.names()
 
-    def dataset_environments(self, name: str) -> list[str] | None:
-        return DATASETS.entry(name).meta.get("environments")
+    def dataset_environments(self, name: str, options: dict) -> list[str] | None:
+        environments = DATASETS.entry(name).meta.get("environments")
+        return environments(**options) if callable(environments) else environments
 
     def model_names(self) -> list[str]:
         return MODELS.names()

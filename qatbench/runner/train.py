@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import random
 import time
@@ -136,7 +137,8 @@ def _train(
     train_envs = [i for i in range(len(splits)) if i not in spec.test_envs]
     if not train_envs:
         raise ValueError(f"every environment of {spec.dataset} is a test environment; none is left to train on")
-    iterators = [infinite_batches(splits[i].in_split, spec.batch_size, seed=spec.seed * 1000 + i) for i in train_envs]
+    workers = loader_workers(device, len(train_envs)) if dataset.train_transform else 0
+    iterators = [train_stream(dataset, splits[i], spec, spec.seed * 1000 + i, device, workers) for i in train_envs]
 
     model = build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
     if spec.parent is not None:
@@ -144,7 +146,7 @@ def _train(
     model = model.to(device)
     if spec.quant is not None:
         model = quantize_model(model, spec.quant)
-        calibrate(model, calibration_batch(splits, train_envs, spec).to(device))
+        calibrate(model, calibration_batch(dataset, splits, train_envs, spec, device).to(device))
     method = METHODS.get(spec.method)(
         model, dataset.num_classes, spec.hparams, quant=spec.quant, total_steps=spec.steps
     )
@@ -163,7 +165,7 @@ def _train(
     )
     with bar, open(curve_path, "w") as curve:
         if spec.steps == 0:
-            last_eval = _log_eval(curve, 0, {}, method, splits, spec, device)
+            last_eval = _log_eval(curve, 0, {}, method, dataset, splits, spec, device)
         for step in range(1, spec.steps + 1):
             t0 = time.perf_counter()
             minibatches = [tuple(t.to(device, non_blocking=True) for t in next(it)) for it in iterators]
@@ -173,8 +175,9 @@ def _train(
                 raise Diverged(f"loss became {losses} at step {step}")
             bar.update(1)
             if step in eval_steps:
-                last_eval = _log_eval(curve, step, losses, method, splits, spec, device)
-                bar.set_postfix(id=f"{last_eval['id_acc']:.3f}", ood=f"{last_eval['ood_acc']:.3f}")
+                last_eval = _log_eval(curve, step, losses, method, dataset, splits, spec, device)
+                shown = {k: last_eval.get(k) for k in ("id_acc", "ood_acc")}
+                bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
     store.save_model(folder / store.MODEL, method.model)
     accuracies = {k: v for k, v in last_eval.items() if k.endswith("_acc")}
     losses = {k: v for k, v in last_eval.items() if k not in accuracies and k != "step"}
@@ -193,20 +196,43 @@ def _train(
         "n_params": sum(p.numel() for p in method.model.parameters()),
         "effective_hparams": method.effective_hparams(),
         "step_time_s": float(np.median(step_times)) if step_times else 0.0,
+        "loader_workers": workers,
+        "data_skipped_n": len(dataset.skipped),  # unreadable image files left out
+        "data_skipped": dataset.skipped[:20],
     }
 
 
-def calibration_batch(splits, train_envs: list[int], spec: RunSpec) -> torch.Tensor:
+def train_stream(dataset, split, spec: RunSpec, seed: int, device: torch.device, workers: int = 0):
+    """Training minibatches of one environment, augmented by the dataset's train transform."""
+    return infinite_batches(
+        split.in_split,
+        spec.batch_size,
+        seed=seed,
+        transform=dataset.train_transform,
+        workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def loader_workers(device: torch.device, streams: int) -> int:
+    """Augmentation runs in the training process on CPU (2 cores are busy training); on a GPU,
+    the cores are shared among the training environments' loaders, as DomainBed's 8 per loader."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, (cores - 1) // max(streams, 1)))
+
+
+def calibration_batch(dataset, splits, train_envs: list[int], spec: RunSpec, device: torch.device) -> torch.Tensor:
     """One minibatch per training environment, from its own seeded stream so that
     calibrating never shifts the training data order."""
-    streams = [
-        infinite_batches(splits[i].in_split, spec.batch_size, seed=spec.seed * 1000 + 500 + i) for i in train_envs
-    ]
+    streams = [train_stream(dataset, splits[i], spec, spec.seed * 1000 + 500 + i, device) for i in train_envs]
     return torch.cat([next(stream)[0] for stream in streams])
 
 
-def _log_eval(curve, step: int, losses: dict[str, float], method, splits, spec: RunSpec, device) -> dict[str, Any]:
-    row = {"step": step, **losses, **evaluate(method, splits, spec.test_envs, spec.eval_batch_size, device)}
+def _log_eval(curve, step: int, losses, method, dataset, splits, spec: RunSpec, device) -> dict[str, Any]:
+    metrics = evaluate(method, splits, spec.test_envs, spec.eval_batch_size, device, dataset.eval_transform)
+    row = {"step": step, **losses, **metrics}
     curve.write(json.dumps(row) + "\n")
     curve.flush()
     return row
