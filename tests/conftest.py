@@ -34,6 +34,12 @@ training:
 """
 
 
+@pytest.fixture(autouse=True)
+def _image_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded images go to this session's temporary folder, never to ~/.cache."""
+    monkeypatch.setenv("QATBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "image-cache"))
+
+
 @pytest.fixture
 def tiny_suite(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
