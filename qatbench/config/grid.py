@@ -121,7 +121,10 @@ def resolve_options(
 
 def resolve_test_envs(entry: DatasetEntry, catalog: Catalog, blame: Blame) -> list[tuple[int, ...]]:
     """Each item of `test_envs` as a tuple of environment indices ("all": each one in turn)."""
-    names = catalog.dataset_environments(entry.name, entry.options)
+    try:
+        names = catalog.dataset_environments(entry.name, entry.options)
+    except UserError as exc:  # an option value the dataset refuses (an unknown corruption)
+        raise UserError(f"{blame(['options'])}: {exc}") from None
     if entry.test_envs == "none":
         return [()]
     if entry.test_envs == "all":

@@ -24,7 +24,8 @@ class DomainDataset:
     `train_transform` is random and per image, applied by the loader to training batches only;
     `eval_transform` is deterministic and works on whole batches on the training device. An
     environment whose data comes already split (CIFAR's train and test sets) is in
-    `fixed_splits` as its (in, out) pair and ignores the holdout fraction.
+    `fixed_splits` as its (in, out) pair and ignores the holdout fraction. Environments in
+    `eval_only` are measured but never trained on, whether or not they are test environments.
     """
 
     name: str
@@ -36,6 +37,10 @@ class DomainDataset:
     eval_transform: Callable | None = None
     fixed_splits: dict[int, tuple[Dataset, Dataset]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # unreadable image files, left out
+    eval_only: set[int] = field(default_factory=set)
+
+    def train_envs(self, test_envs) -> list[int]:
+        return [i for i in range(len(self.envs)) if i not in test_envs and i not in self.eval_only]
 
     def __post_init__(self):
         if len(self.environments) != len(self.envs):

@@ -10,8 +10,9 @@ Network Robustness to Common Corruptions and Perturbations", ICLR 2019):
 
 Environment 0, `clean`, trains on the training set and validates on the test set, so the run's
 I.D. accuracy is the usual CIFAR test accuracy. With -C, every corruption x severity is one more
-environment, named `<corruption>/<severity>`, so `test_envs: ["*/*"]` holds out all of them at
-once and the run's OOD accuracy is the mean corruption accuracy.
+environment, named `<corruption>/<severity>`, evaluated but never trained on: `test_envs:
+["*/*"]` makes the run's OOD accuracy the mean corruption error's complement, `["*/5"]` the mean
+over severity 5 only (the other corruption environments are still measured, in the record).
 """
 
 from __future__ import annotations
@@ -61,8 +62,14 @@ def read_batches(root: Path, classes: int, train: bool) -> ImageTensors:
         batch = _unpickle(directory / name)
         if "data" not in batch or label_key not in batch:
             raise UserError(f"CIFAR{classes}: {directory / name} has keys {sorted(batch)}; expected data, {label_key}")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        data, targets = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch[label_key], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(targets):
+            raise UserError(
+                f"CIFAR{classes}: {directory / name} holds data of shape {data.shape} and {len(targets)} labels; "
+                f"expected (N, 3072) uint8 rows and N labels"
+            )
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(targets)
     return ImageTensors(np.concatenate(images), torch.from_numpy(np.concatenate(labels)))
 
 
@@ -74,6 +81,8 @@ def read_corruptions(root: Path, classes: int, corruptions, severities) -> tuple
             f"CIFAR{classes}C: no {labels_file} (expected <root>/{directory.name}/<corruption>.npy and labels.npy)"
         )
     labels = torch.from_numpy(np.load(labels_file).astype(np.int64))
+    if len(labels) == 0 or len(labels) % len(SEVERITIES):
+        raise UserError(f"CIFAR{classes}C: {labels_file} has {len(labels)} labels; expected 5 severities x N")
     per_severity = len(labels) // len(SEVERITIES)
     names, envs = [], []
     for corruption in corruptions:
@@ -108,12 +117,14 @@ def cifar(root, classes: int, corruptions=(), severities=SEVERITIES) -> DomainDa
         train_transform=transforms.cifar_train(mean, std),
         eval_transform=transforms.normalize(mean, std),
         fixed_splits={0: (train, test)},
+        eval_only=set(range(1, 1 + len(envs))),  # corrupted images are never trained on
     )
 
 
 def corruption_environments(
     corruptions: tuple[str, ...] = CORRUPTIONS, severities: tuple[int, ...] = SEVERITIES, **_
 ) -> list[str]:
+    _check(corruptions, severities)
     return ["clean", *(f"{c}/{s}" for c in corruptions for s in severities)]
 
 

@@ -40,7 +40,10 @@ def imagenet(
                 f"ImageNet: no folder {path} (expected layout <root>/{folder}/train/<wnid>/<image> and "
                 f"<root>/{folder}/val/<wnid>/<image>); found in {directory}: {', '.join(found) or 'nothing'}"
             )
-        splits[part] = find_classes(str(path))[0]
+        try:
+            splits[part] = find_classes(str(path))[0]
+        except FileNotFoundError:
+            raise UserError(f"ImageNet: {path} holds no class folders (expected {path}/<wnid>/<image>)") from None
     if splits["train"] != splits["val"]:
         only_train = sorted(set(splits["train"]) - set(splits["val"]))
         only_val = sorted(set(splits["val"]) - set(splits["train"]))

@@ -32,6 +32,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
+NO_TEST_DOMAIN = "no test domain"  # test_envs: none (I.D. only, e.g. CIFAR without -C)
 KEYS = ["run_id", "suite", "dataset", "model", "label", "bits", "w_bits", "seed", "test_envs", "environments"]
 CELL = ["suite", "dataset", "model", "label", "bits", "seed", "domain"]  # one run per cell and seed
 
@@ -59,7 +60,8 @@ def finished_runs(records: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple, list
         return pd.DataFrame(columns=[*KEYS, "domain"]), notes
     runs = complete.drop_duplicates("run_id").copy()
     runs["domain"] = [
-        " + ".join(envs[i] for i in tests) for tests, envs in zip(runs["test_envs"], runs["environments"])
+        " + ".join(envs[i] for i in tests) or NO_TEST_DOMAIN
+        for tests, envs in zip(runs["test_envs"], runs["environments"])
     ]
     order = runs["finished_at"] if "finished_at" in runs else pd.Series("", index=runs.index)
     runs = runs.assign(_order=order.fillna("")).sort_values("_order", kind="stable")
@@ -78,7 +80,7 @@ def selected_runs(runs: pd.DataFrame, curves: pd.DataFrame, selection: Selection
     if chosen.empty:
         return pd.DataFrame()
     runs = runs[[*KEYS, "domain"]].merge(chosen[["ood_acc", "id_acc"]], left_on="run_id", right_index=True)
-    runs["domain_order"] = [min(tests) for tests in runs["test_envs"]]
+    runs["domain_order"] = [min(tests, default=-1) for tests in runs["test_envs"]]
     return runs
 
 

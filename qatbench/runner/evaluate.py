@@ -36,7 +36,9 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     transform=None,
+    train_envs=None,
 ) -> dict[str, float | None]:
+    """`train_envs(test_envs)` names the environments trained on (default: all but the test ones)."""
     method.eval()
     metrics: dict[str, float] = {}
     for i, split in enumerate(splits):
@@ -46,7 +48,7 @@ def evaluate(
         metrics[f"env{i}_out_acc"] = c_out / max(n_out, 1)
         metrics[f"env{i}_acc"] = (c_in + c_out) / max(n_in + n_out, 1)
     method.train()
-    train_envs = [i for i in range(len(splits)) if i not in test_envs]
-    metrics["id_acc"] = sum(metrics[f"env{i}_out_acc"] for i in train_envs) / max(len(train_envs), 1)
+    trained = train_envs(test_envs) if train_envs else [i for i in range(len(splits)) if i not in test_envs]
+    metrics["id_acc"] = sum(metrics[f"env{i}_out_acc"] for i in trained) / max(len(trained), 1)
     metrics["ood_acc"] = sum(metrics[f"env{i}_acc"] for i in test_envs) / len(test_envs) if test_envs else None
     return metrics

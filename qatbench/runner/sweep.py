@@ -11,6 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from qatbench.config import RunSpec
+from qatbench.data import build_dataset
 from qatbench.runner import store
 from qatbench.runner.train import run_one
 
@@ -42,11 +43,24 @@ class SweepSummary:
         return f"{len(self.records)} runs: " + ", ".join(parts) + f" ({self.reused} already finished, skipped)"
 
 
+def check_data(specs: list[RunSpec], data_root: Path | None) -> None:
+    """Build each dataset the pending runs need once, before any run: a missing folder or a
+    wrong layout is the user's input, one line and exit 2, not a failed record per run. (It
+    also fills the image cache, which every run then maps.)"""
+    seen = set()
+    for spec in specs:
+        key = (spec.dataset, repr(sorted(spec.dataset_options.items())))
+        if key not in seen:
+            seen.add(key)
+            build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
+
+
 def run_specs(
     specs: list[RunSpec], results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
 ) -> SweepSummary:
     summary = SweepSummary()
     planned = plan(specs)
+    check_data([s for s in planned if not store.is_finished(store.run_dir(results, s.suite, s.run_id))], data_root)
     for spec in tqdm(planned, desc="runs", unit="run", disable=not progress):
         folder = store.run_dir(results, spec.suite, spec.run_id)
         if store.is_finished(folder):

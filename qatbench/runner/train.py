@@ -134,7 +134,7 @@ def _train(
     seed_everything(spec.seed)
     dataset = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
     splits = split_environments(dataset, spec.holdout_fraction, spec.data_seed)
-    train_envs = [i for i in range(len(splits)) if i not in spec.test_envs]
+    train_envs = dataset.train_envs(spec.test_envs)
     if not train_envs:
         raise ValueError(f"every environment of {spec.dataset} is a test environment; none is left to train on")
     workers = loader_workers(device, len(train_envs)) if dataset.train_transform else 0
@@ -231,7 +231,9 @@ def calibration_batch(dataset, splits, train_envs: list[int], spec: RunSpec, dev
 
 
 def _log_eval(curve, step: int, losses, method, dataset, splits, spec: RunSpec, device) -> dict[str, Any]:
-    metrics = evaluate(method, splits, spec.test_envs, spec.eval_batch_size, device, dataset.eval_transform)
+    metrics = evaluate(
+        method, splits, spec.test_envs, spec.eval_batch_size, device, dataset.eval_transform, dataset.train_envs
+    )
     row = {"step": step, **losses, **metrics}
     curve.write(json.dumps(row) + "\n")
     curve.flush()
