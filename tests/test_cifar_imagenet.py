@@ -226,6 +226,14 @@ def test_cifar10c_has_clean_then_one_env_per_corruption_and_severity(tmp_path):
         assert y.tolist() == [((s - 1) * N_C + j) % 10 for j in range(N_C)]
 
 
+def test_corruption_envs_are_never_trained_on_even_when_not_test_envs(tmp_path):
+    dataset = build_dataset("CIFAR10C", make_cifar10c(tmp_path), 0, {"corruptions": C_CORRUPTIONS})
+    severity_5 = tuple(i for i, name in enumerate(dataset.environments) if name.endswith("/5"))
+    assert severity_5 == (5, 10)
+    assert dataset.train_envs(severity_5) == [0]
+    assert dataset.train_envs(()) == [0]
+
+
 def test_cifar10c_corruption_envs_are_split_by_the_holdout_fraction(tmp_path):
     dataset = build_dataset("CIFAR10C", make_cifar10c(tmp_path), 0, {"corruptions": ["fog"], "severities": [3]})
     clean, fog = split_environments(dataset, 0.2, data_seed=0)
