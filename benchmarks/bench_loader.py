@@ -27,30 +27,20 @@ import time
 from pathlib import Path
 
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from qatbench.data import eval_batches, infinite_batches, transforms
-from qatbench.data.folders import image_environment
+from qatbench.data import DomainDataset, build_dataset, eval_batches, infinite_batches, transforms
+from qatbench.errors import UserError
 from qatbench.models import build_model
 
 
-def pacs_files(directory: Path) -> list[tuple[Path, int]]:
-    classes = sorted(p.name for p in next(p for p in directory.iterdir() if p.is_dir()).iterdir())
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    files = []
-    for domain in sorted(p for p in directory.iterdir() if p.is_dir()):
-        files += [(Path(p), c) for p, c in make_dataset(str(domain), class_to_idx, IMG_EXTENSIONS, allow_empty=True)]
-    return files
-
-
-def evaluation_epoch(files, size: int, batch: int) -> float:
-    """Seconds to deliver every image once, normalized, through the image cache."""
+def evaluation_epoch(root: Path, folder: str, size: int, batch: int) -> tuple[float, DomainDataset]:
+    """Seconds to build PACS through the registry and deliver every image once, normalized."""
     start = time.perf_counter()
-    env, _ = image_environment(files, size, "PACS")
-    normalize = transforms.domainbed_eval()
-    for x, _ in eval_batches(env, batch):
-        normalize(x)
-    return time.perf_counter() - start
+    dataset = build_dataset("PACS", root, 0, {"folder": folder, "image_size": size})
+    for env in dataset.envs:
+        for x, _ in eval_batches(env, batch):
+            dataset.eval_transform(x)
+    return time.perf_counter() - start, dataset
 
 
 def training_loader_rate(env, size: int, batch: int, batches: int) -> float:
@@ -87,20 +77,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=60)
     args = parser.parse_args()
-    directory = Path(args.data_root) / args.folder
-    if not directory.is_dir():
-        raise SystemExit(f"bench_loader: no folder {directory}; give --data-root DIR holding {args.folder}/")
-    files = pacs_files(directory)
+    root = Path(args.data_root)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["QATBENCH_CACHE"] = cache
-        first = evaluation_epoch(files, args.size, 256)
-        second = evaluation_epoch(files, args.size, 256)
-        env, _ = image_environment(files, args.size, "PACS")
-        loader = training_loader_rate(env, args.size, args.batch, args.batches)
+        try:
+            first, dataset = evaluation_epoch(root, args.folder, args.size, 256)
+        except UserError as exc:
+            raise SystemExit(f"bench_loader: {exc}") from None
+        second, _ = evaluation_epoch(root, args.folder, args.size, 256)
+        loader = training_loader_rate(dataset.envs[0], args.size, args.batch, args.batches)
     step = training_step_rate(args.size, args.batch, 10)
-    print(f"{len(files)} images of {directory} at {args.size} px, torch threads {torch.get_num_threads()}")
-    print(f"evaluation epoch 1 (decode into cache): {len(files) / first:9.0f} img/s  ({first:.2f} s)")
-    print(f"evaluation epoch 2 (from cache):        {len(files) / second:9.0f} img/s  ({second:.2f} s)")
+    n = sum(len(env) for env in dataset.envs)
+    print(f"{n} images of {root / args.folder} at {args.size} px, torch threads {torch.get_num_threads()}")
+    print(f"evaluation epoch 1 (decode into cache): {n / first:9.0f} img/s  ({first:.2f} s)")
+    print(f"evaluation epoch 2 (from cache):        {n / second:9.0f} img/s  ({second:.2f} s)")
     print(f"  second / first speed:  {first / second:6.1f}x   (target >= 10x)")
     print(f"training loader, DomainBed augmentation: {loader:7.0f} img/s")
     print(f"ResNet-18 training step, batch {args.batch}:      {step:7.0f} img/s")

@@ -496,3 +496,35 @@ def test_imagenet_train_folder_without_classes_is_a_user_error(tmp_path):
     (tmp_path / "imagenet" / "val" / WNIDS[0]).mkdir(parents=True)
     with pytest.raises(UserError, match="train"):
         build_dataset("ImageNet", tmp_path, 0, {"image_size": 8})
+
+
+@pytest.mark.parametrize(
+    "dataset, options, expected",
+    [
+        ("CIFAR10", "{}", [()]),  # one environment: I.D. only
+        ("ImageNet", "{}", [()]),
+        ("CIFAR10C", "{corruptions: [fog], severities: [1, 5]}", [(1, 2)]),  # every corruption at once
+        ("PACS", "{}", [(0,), (1,), (2,), (3,)]),  # leave-one-domain-out
+    ],
+)
+def test_a_suite_without_test_envs_gets_the_dataset_default(tmp_path, dataset, options, expected):
+    text = f"name: d\ndatasets: [{{name: {dataset}, options: {options}}}]\nmodels: [resnet20]\nmethods: [erm]\n"
+    assert [s.test_envs for s in expand(load_suite(write_suite(tmp_path, text)))] == expected
+
+
+def test_all_on_a_single_environment_dataset_is_refused_at_load(tmp_path, capsys):
+    text = "name: d\ndatasets: [{name: CIFAR10, test_envs: all}]\nmodels: [resnet20]\nmethods: [erm]\n"
+    result = run_cli("run", str(write_suite(tmp_path, text)), "--dry-run")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "datasets[0].test_envs: 'CIFAR10' has one environment (clean)" in result.stderr
+    assert "use test_envs: none" in result.stderr
+
+
+def test_an_unwritable_image_cache_folder_is_one_line_naming_it(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("QATBENCH_CACHE", str(blocker / "cache"))
+    root = make_imagenet(tmp_path)
+    with pytest.raises(UserError, match=r"^\$QATBENCH_CACHE: cannot write the image cache to .*a-file/cache"):
+        build_dataset("ImageNet", root, 0, {"image_size": 8})

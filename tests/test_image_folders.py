@@ -255,14 +255,18 @@ def test_wrong_class_count_against_domainbed_is_refused_with_both_counts(tmp_pat
         build_dataset("PACS", root, 0, {"image_size": 8})
     assert str(info.value) == (
         f"PACS: {root / 'PACS'} has 6 class folders per domain, DomainBed's PACS has "
-        "dog, elephant, giraffe, guitar, horse, house, person"
+        "dog, elephant, giraffe, guitar, horse, house, person (missing: person; not DomainBed's: -)"
     )
 
 
 def test_misnamed_class_is_refused_even_with_the_right_count(tmp_path):
     classes = [*PACS_CLASSES[:-1], "people"]
     root = make_pacs(tmp_path / "data", classes=classes)
-    with pytest.raises(UserError, match=r"has 7 class folders per domain, DomainBed's PACS has dog, .*, person$"):
+    with pytest.raises(
+        UserError,
+        match=r"has 7 class folders per domain, DomainBed's PACS has dog, .*, person "
+        r"\(missing: person; not DomainBed's: people\)$",
+    ):
         build_dataset("PACS", root, 0, {"image_size": 8})
 
 

@@ -28,6 +28,11 @@ class Catalog(Protocol):
         only the data on disk can tell."""
         ...
 
+    def dataset_test_envs(self, name: str) -> str | list:
+        """What `test_envs` means when a suite leaves it out: "all" (leave-one-domain-out), "none"
+        (a single-environment dataset), or a list (CIFAR-C: every corruption at once)."""
+        ...
+
     def model_names(self) -> list[str]: ...
 
     def option_parameters(self, kind: Literal["dataset", "model"], name: str) -> list[inspect.Parameter]:

@@ -125,9 +125,15 @@ def resolve_test_envs(entry: DatasetEntry, catalog: Catalog, blame: Blame) -> li
         names = catalog.dataset_environments(entry.name, entry.options)
     except UserError as exc:  # an option value the dataset refuses (an unknown corruption)
         raise UserError(f"{blame(['options'])}: {exc}") from None
-    if entry.test_envs == "none":
+    test_envs = entry.test_envs if entry.test_envs is not None else catalog.dataset_test_envs(entry.name)
+    if test_envs == "none":
         return [()]
-    if entry.test_envs == "all":
+    if test_envs == "all" and names is not None and len(names) == 1:
+        raise UserError(
+            f"{blame(['test_envs'])}: '{entry.name}' has one environment ({names[0]}); "
+            f"with it as the test environment none is left to train on; use test_envs: none"
+        )
+    if test_envs == "all":
         if names is None:
             raise UserError(
                 f"{blame(['test_envs'])}: '{entry.name}' learns its environments from disk; "
@@ -135,7 +141,7 @@ def resolve_test_envs(entry: DatasetEntry, catalog: Catalog, blame: Blame) -> li
             )
         return [(i,) for i in range(len(names))]
     groups = []
-    for i, item in enumerate(entry.test_envs):
+    for i, item in enumerate(test_envs):
         members = item if isinstance(item, list) else [item]
         where = blame(["test_envs", i])
         group = tuple(sorted({index for m in members for index in _env_indices(m, names, entry.name, where)}))

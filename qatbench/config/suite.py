@@ -52,7 +52,7 @@ def _check_test_envs(value: Any) -> Any:
     def is_env(item: Any) -> bool:
         return isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool) and item >= 0)
 
-    if value in ("all", "none"):
+    if value in ("all", "none", None):
         return value
     if (
         isinstance(value, list)
@@ -74,7 +74,7 @@ class DatasetEntry(_Strict):
     # "all": leave-one-domain-out over every environment; "none": in-distribution only; a list: one
     # run per item, each an environment index, a name or glob pattern, or a list of them (several
     # test envs at once)
-    test_envs: Annotated[Any, BeforeValidator(_check_test_envs)] = "all"
+    test_envs: Annotated[Any, BeforeValidator(_check_test_envs)] = None  # None: the dataset's default
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # DomainBed's default
     data_seed: SEED | None = None  # None: the run's seed, as DomainBed's trial seed
     options: dict[str, Any] = Field(default_factory=dict)

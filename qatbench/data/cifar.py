@@ -138,13 +138,13 @@ def _check(corruptions: tuple[str, ...], severities: tuple[int, ...]) -> None:
 
 
 @DATASETS.register("CIFAR10", summary="CIFAR-10 train/test from the python pickles", paper="Krizhevsky 2009",
-                   environments=["clean"])  # fmt: skip
+                   environments=["clean"], test_envs="none")  # fmt: skip
 def cifar10(root, data_seed: int = 0) -> DomainDataset:
     return cifar(root, 10)
 
 
 @DATASETS.register("CIFAR100", summary="CIFAR-100 train/test from the python pickles", paper="Krizhevsky 2009",
-                   environments=["clean"])  # fmt: skip
+                   environments=["clean"], test_envs="none")  # fmt: skip
 def cifar100(root, data_seed: int = 0) -> DomainDataset:
     return cifar(root, 100)
 
@@ -154,6 +154,7 @@ def cifar100(root, data_seed: int = 0) -> DomainDataset:
     summary="CIFAR-10 clean + CIFAR-10-C corruption x severity environments",
     paper="Hendrycks & Dietterich, ICLR 2019",
     environments=corruption_environments,
+    test_envs=[["*/*"]],  # one run, every corruption held out
 )
 def cifar10c(
     root, data_seed: int = 0, corruptions: tuple[str, ...] = CORRUPTIONS, severities: tuple[int, ...] = SEVERITIES
@@ -167,6 +168,7 @@ def cifar10c(
     summary="CIFAR-100 clean + CIFAR-100-C corruption x severity environments",
     paper="Hendrycks & Dietterich, ICLR 2019",
     environments=corruption_environments,
+    test_envs=[["*/*"]],  # one run, every corruption held out
 )
 def cifar100c(
     root, data_seed: int = 0, corruptions: tuple[str, ...] = CORRUPTIONS, severities: tuple[int, ...] = SEVERITIES

@@ -80,8 +80,13 @@ def load_domain_folders(
     classes = _common_classes(name, directory, wanted)
     if layout and (len(classes) != layout.num_classes or (layout.classes and tuple(classes) != layout.classes)):
         want = ", ".join(layout.classes) if layout.classes else f"{layout.num_classes} classes"
+        difference = ""
+        if layout.classes:
+            missing, extra = sorted(set(layout.classes) - set(classes)), sorted(set(classes) - set(layout.classes))
+            difference = f" (missing: {', '.join(missing) or '-'}; not DomainBed's: {', '.join(extra) or '-'})"
         raise UserError(
             f"{name}: {directory} has {len(classes)} class folders per domain, DomainBed's {name} has {want}"
+            f"{difference}"
         )
     class_to_idx = {c: i for i, c in enumerate(classes)}
     envs, skipped = [], []

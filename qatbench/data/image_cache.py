@@ -30,6 +30,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 from tqdm.auto import tqdm
 
+from qatbench.errors import UserError
+
 log = logging.getLogger(__name__)
 
 try:  # torchvision's decoders (3x faster than PIL here) are deprecated since 0.29 for TorchCodec
@@ -39,7 +41,7 @@ except ImportError:  # pragma: no cover  (a torchvision without them: PIL decode
     decode_image = None
 
 CACHE_ENV = "QATBENCH_CACHE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 16-bit PNGs scaled to 8 bits
 Fit = Literal["squash", "center"]  # Resize((s, s)) as DomainBed; or Resize(s * 256/224) + CenterCrop(s)
 
 
@@ -86,7 +88,16 @@ def load_images(files: Sequence[tuple[Path, int]], size: int, fit: Fit = "squash
                 return DecodedImages(images, labels, readable, meta["skipped"], True)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("image cache %s is unreadable (%s); decoding again", sidecar, exc)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"${CACHE_ENV}: cannot write the image cache to {folder} ({exc.strerror or exc}); "
+            f"set {CACHE_ENV} to a writable folder, or to off to decode in memory"
+        ) from None
     tmp = folder / f"{key}.images.npy.{os.getpid()}.tmp"
     decoded = _decode_all(files, size, fit, desc, out=tmp)
     os.replace(tmp, folder / f"{key}.images.npy")

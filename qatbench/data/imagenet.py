@@ -26,6 +26,7 @@ from qatbench.errors import UserError
     summary="ImageNet-style train/ and val/ class folders (PTQ calibration and evaluation)",
     paper="Deng et al., ImageNet, CVPR 2009",
     environments=["imagenet"],
+    test_envs="none",
 )
 def imagenet(
     root, data_seed: int = 0, folder: str = "imagenet", image_size: int = 224, train_per_class: int | None = None

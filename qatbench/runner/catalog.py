@@ -27,6 +27,9 @@ class RegistryCatalog:
         environments = DATASETS.entry(name).meta.get("environments")
         return environments(**options) if callable(environments) else environments
 
+    def dataset_test_envs(self, name: str) -> str | list:
+        return DATASETS.entry(name).meta.get("test_envs", "all")
+
     def model_names(self) -> list[str]:
         return MODELS.names()
 
