@@ -27,7 +27,7 @@ def _fails_with_one_line(capsys, argv) -> str:
     [
         (
             "methods[1].name=lsqq",
-            "--set methods[1].name: unknown method 'lsqq' (did you mean 'lsq'?); allowed: erm, lsq",
+            "--set methods[1].name: unknown method 'lsqq' (did you mean 'lsq'?); allowed: asam, dorefa, erm, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, pact, sagm, sam",
         ),
         (
             "datasets[0].name=RotatedMNST",
@@ -37,7 +37,7 @@ def _fails_with_one_line(capsys, argv) -> str:
         (
             "training.stpes=3",
             "--set training.stpes: unknown key 'stpes' (did you mean 'steps'?); "
-            "allowed: batch_size, eval_batch_size, eval_every, steps",
+            "allowed: batch_size, compile, eval_batch_size, eval_every, steps",
         ),
         ("methods[0].hparams.lrr=0.1", "--set methods[0].hparams.lrr: unknown hparam 'lrr' (did you mean 'lr'?)"),
         ("methods[0].hparams.lr=fast", "--set methods[0].hparams.lr: Input should be a valid number"),
@@ -125,7 +125,7 @@ def test_a_bad_suite_in_a_fresh_process_prints_no_traceback(tmp_path):
     result = run_cli("run", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"qatbench: error: {path}: methods[1].name: unknown method 'lqs' (did you mean 'lsq'?); allowed: erm, lsq"
+        f"qatbench: error: {path}: methods[1].name: unknown method 'lqs' (did you mean 'lsq'?); allowed: asam, dorefa, erm, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, pact, sagm, sam"
     )
 
 

@@ -17,6 +17,10 @@ class Catalog(Protocol):
 
     def method_kind(self, name: str) -> MethodKind: ...
 
+    def method_quant(self, name: str) -> dict:
+        """QuantSpec fields the method fixes (the `pact` method needs the `pact` quantizer)."""
+        ...
+
     def method_hparams(self, name: str) -> type:
         """The frozen dataclass of the method's hyperparameters (defaults = paper values)."""
         ...

@@ -27,7 +27,9 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
     runs: dict[str, int] = {}
     for i, entry in enumerate(suite.methods):
         hparams = _check_method(entry, catalog, blame, ["methods", i])
-        same = repr((entry.name, sorted(hparams.items()), entry.steps))
+        if catalog.method_kind(entry.name) == "qat":
+            _check_quant(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame)
+        same = repr((entry.name, sorted(hparams.items()), entry.steps, entry.quant))
         if same in runs:
             raise UserError(
                 f"{blame(['methods', i])}: runs exactly what methods[{runs[same]}] runs; "
@@ -59,6 +61,32 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
         resolve_options(
             catalog, "model", entry.name, entry.options, lambda key, i=i: blame(["models", i, "options", key])
         )
+
+
+def quant_fields(suite: Suite, entry: MethodEntry, catalog: Catalog) -> dict[str, Any]:
+    """The QuantSpec fields of a QAT entry: the suite's `quant`, then what the method fixes, then
+    the entry's own `quant`."""
+    return {
+        **suite.quant.model_dump(),
+        **catalog.method_quant(entry.name),
+        **entry.quant.model_dump(exclude_none=True),
+    }
+
+
+def _check_quant(suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry: Blame, blame: Blame) -> None:
+    for key, value in catalog.method_quant(entry.name).items():
+        given = getattr(entry.quant, key)
+        if given is not None and given != value:
+            raise UserError(
+                f"{blame_entry(['quant', key])}: method '{entry.name}' needs {key} '{value}', got '{given}'"
+            )
+    fields = quant_fields(suite, entry, catalog)
+    try:
+        QuantSpec(w_bits=4, a_bits=4, **fields)
+    except ValueError as exc:
+        own = set(entry.quant.model_dump(exclude_none=True))
+        where = blame_entry(["quant"]) if own else blame(["quant"])
+        raise UserError(f"{where}: {exc} (method '{entry.name}' uses quantizer '{fields['quantizer']}')") from None
 
 
 def _check_name(name: str, allowed: list[str], kind: str, where: str) -> None:
@@ -214,6 +242,7 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         batch_size=suite.training.batch_size,
                         eval_every=suite.training.eval_every,
                         eval_batch_size=suite.training.eval_batch_size,
+                        compile=suite.training.compile,
                         suite=suite.name,
                     )
                     steps = suite.training.steps
@@ -223,7 +252,7 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                             specs.append(_spec(method, catalog, common, steps, quant=None, parent=None))
                             continue
                         for w_bits, a_bits in bit_pairs:
-                            quant = QuantSpec(w_bits, a_bits, **suite.quant.model_dump())
+                            quant = QuantSpec(w_bits, a_bits, **quant_fields(suite, method, catalog))
                             specs.append(_spec(method, catalog, common, steps, quant=quant, parent=fp_parent))
     return _unique(specs)
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import PurePath
 from types import MappingProxyType
 from typing import Any, Literal
 
 FirstLast = Literal["8bit", "fp", "same"]
 FIRST_LAST_CHOICES = ("8bit", "fp", "same")
-QUANTIZERS = ("lsq",)
+QUANTIZERS = ("lsq", "lsq_plus", "pact", "dorefa")
+FIRST_RELEASE = ("w_bits", "a_bits", "quantizer", "w_per_channel", "first_last")  # always in run ids
+GRAD_COUNTS = ("layer", "tensor")
+A_INITS = ("batch", "one")
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -26,14 +29,19 @@ class QuantSpec:
     """How to fake-quantize a model: one immutable value, recorded whole with every run.
 
     Defaults follow LSQ (Esser et al., ICLR 2020, "Learned Step Size Quantization"): one step
-    size per tensor, first and last layers at 8 bits.
+    size per tensor, symmetric signed weights, first and last layers at 8 bits, gradient scale
+    counted per layer, activation steps initialised from the first batch. The other values are
+    the conventions of the papers that disagree with LSQ (shared/papers.md 9.1).
     """
 
     w_bits: int
     a_bits: int
-    quantizer: str = "lsq"
-    w_per_channel: bool = False  # LSQ paper: per tensor; FQAT/GAQAT authors' code: per channel
+    quantizer: str = "lsq"  # lsq | lsq_plus (Bhalgat 2020) | pact (Choi 2018) | dorefa (Zhou 2016)
+    w_per_channel: bool = False  # LSQ paper: per tensor; FQAT/GAQAT authors' code and FPQ: per channel
     first_last: FirstLast = "8bit"  # LSQ paper: 8-bit; "fp" keeps them float; "same" quantizes them like the rest
+    w_symmetric: bool = True  # LSQ: signed levels around 0; False: zero point fixed at init (FPQ via MQBench)
+    grad_scale: str = "layer"  # LSQ: N = weights / features per sample; "tensor": numel incl. batch (lsq-net fork)
+    a_init: str = "batch"  # LSQ: 2 mean|x| / sqrt(Q_P) on the first batch; "one": 1.0 (lsq-net fork)
 
     def __post_init__(self):
         for name in ("w_bits", "a_bits"):
@@ -42,8 +50,13 @@ class QuantSpec:
                 raise ValueError(f"{name} must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
         if self.first_last not in FIRST_LAST_CHOICES:
             raise ValueError(f"first_last must be one of {FIRST_LAST_CHOICES}, got {self.first_last!r}")
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        for name, allowed in (("quantizer", QUANTIZERS), ("grad_scale", GRAD_COUNTS), ("a_init", A_INITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        lsq_only = {"w_symmetric": True, "grad_scale": "layer", "a_init": "batch"}
+        changed = [name for name, default in lsq_only.items() if getattr(self, name) != default]
+        if self.quantizer != "lsq" and changed:
+            raise ValueError(f"{', '.join(changed)} apply to the lsq quantizer only, not {self.quantizer!r}")
 
     @property
     def label(self) -> str:
@@ -51,6 +64,12 @@ class QuantSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that enter run ids: a field added after the first release enters only
+        when it differs from its default, so adding a switch never orphans finished runs."""
+        defaults = {f.name: f.default for f in fields(self) if f.name not in FIRST_RELEASE}
+        return {k: v for k, v in self.to_dict().items() if k in FIRST_RELEASE or v != defaults[k]}
 
 
 def parse_bits(text: str) -> tuple[int, int]:
@@ -99,6 +118,7 @@ class RunSpec:
     suite: str = field(default="", compare=False)
     label: str = field(default="", compare=False)
     eval_batch_size: int = field(default=256, compare=False)
+    compile: bool | str = field(default="auto", compare=False)  # torch.compile: True, False or "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "test_envs", tuple(self.test_envs))
@@ -124,7 +144,7 @@ class RunSpec:
             "holdout_fraction": self.holdout_fraction,
             "model": self.model,
             "model_options": _without_folders(self.model_options),
-            "quant": self.quant.to_dict() if self.quant else None,
+            "quant": self.quant.identity() if self.quant else None,
             "seed": self.seed,
             "steps": self.steps,
             "batch_size": self.batch_size,

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from qatbench.config.spec import FIRST_LAST_CHOICES, MAX_BITS, MIN_BITS, parse_bits
+from qatbench.config.spec import A_INITS, FIRST_LAST_CHOICES, GRAD_COUNTS, MAX_BITS, MIN_BITS, QUANTIZERS, parse_bits
 from qatbench.errors import UserError, allowed_list, did_you_mean
 
 
@@ -39,11 +39,23 @@ def _name_only(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
+class QuantOverrides(_Strict):
+    """Per-method changes to the suite's `quant` section (to compare LSQ's switches, say)."""
+
+    quantizer: Literal[QUANTIZERS] | None = None  # type: ignore[valid-type]
+    w_per_channel: bool | None = None
+    first_last: Literal[FIRST_LAST_CHOICES] | None = None  # type: ignore[valid-type]
+    w_symmetric: bool | None = None
+    grad_scale: Literal[GRAD_COUNTS] | None = None  # type: ignore[valid-type]
+    a_init: Literal[A_INITS] | None = None  # type: ignore[valid-type]
+
+
 class MethodEntry(_Strict):
     name: str
     label: str | None = None  # row name in reports; defaults to the method name
     hparams: dict[str, Any] = Field(default_factory=dict)
     steps: int | None = Field(default=None, ge=0)  # overrides training.steps for this method
+    quant: QuantOverrides = Field(default_factory=QuantOverrides)  # overrides the suite's quant section
 
 
 def _check_test_envs(value: Any) -> Any:
@@ -90,14 +102,20 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(default=32, ge=1)  # per training environment, DomainBed's default
     eval_every: int = Field(default=200, ge=1)  # SAGM's checkpoint frequency
     eval_batch_size: int = Field(default=256, ge=1)
+    # torch.compile the model: "auto" does it for runs of 1,000 steps or more, which repay the
+    # compilation (about a minute on 2 CPU cores); same numbers up to float rounding
+    compile: bool | Literal["auto"] = "auto"
 
 
 class QuantConfig(_Strict):
     """QuantSpec fields shared by every bit width of the suite."""
 
-    quantizer: Literal["lsq"] = "lsq"
+    quantizer: Literal[QUANTIZERS] = "lsq"  # type: ignore[valid-type]
     w_per_channel: bool = False
     first_last: Literal[FIRST_LAST_CHOICES] = "8bit"  # type: ignore[valid-type]
+    w_symmetric: bool = True
+    grad_scale: Literal[GRAD_COUNTS] = "layer"  # type: ignore[valid-type]
+    a_init: Literal[A_INITS] = "batch"  # type: ignore[valid-type]
 
 
 class Suite(_Strict):

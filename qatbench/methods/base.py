@@ -27,6 +27,8 @@ Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 class Method:
     kind: ClassVar[str] = "fp"  # "fp": trains float models; "qat": trains quantized ones from an FP parent
     HParams: ClassVar[type]
+    quant_fixed: ClassVar[Mapping[str, Any]] = {}  # QuantSpec fields the method needs ({"quantizer": "pact"})
+    needs_teacher: ClassVar[bool] = False  # the runner hands over the frozen FP parent as `teacher`
 
     def __init__(
         self,
@@ -54,6 +56,10 @@ class Method:
     def effective_hparams(self) -> dict[str, Any]:
         """The hparams as used, with any default that depends on the run filled in."""
         return dataclasses.asdict(self.hparams)
+
+    def summary(self) -> dict[str, Any]:
+        """What the method decided during training (frozen layers, say), for the record."""
+        return {}
 
     def train(self) -> None:
         self.model.train()

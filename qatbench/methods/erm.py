@@ -16,14 +16,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+from torch import nn
 from torch.nn import functional as F
 
 from qatbench.methods.base import Method, Minibatches, concat
 from qatbench.methods.optim import make_optimizer, make_schedule, param_groups
 from qatbench.methods.registry import METHODS
+from qatbench.methods.sharpness import set_grads
 
 LSQ_WEIGHT_DECAY_BELOW_4_BITS = {2: 0.25e-4, 3: 0.5e-4}  # LSQ Table 2; 1e-4 at 4 bits and above
 LSQ_LR_8_BITS, LSQ_LR = 1e-3, 1e-2  # LSQ Sec. 3
@@ -75,18 +79,22 @@ class ERM(Method):
         self.schedule.step()
         return {"loss": loss.item()}
 
+    def descend(self, params: Sequence[nn.Parameter], direction: Sequence[torch.Tensor | None]) -> None:
+        """One base-optimiser step along `direction` (a None entry leaves its parameter alone)."""
+        set_grads(params, direction)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+
     def effective_hparams(self) -> dict[str, Any]:
         return {**super().effective_hparams(), "lr": self.lr, "weight_decay": self.weight_decay}
 
 
-@METHODS.register(
-    "lsq",
-    summary="plain QAT with learned step sizes, fine-tuned from FP",
-    paper="Esser et al., ICLR 2020, arXiv:1902.08153",
-)
-class LSQ(ERM):
+class LsqRecipe:
+    """LSQ's optimiser recipe (lr and weight decay by bit width when left None), shared by every
+    QAT method that fine-tunes like LSQ so that only its objective differs from `lsq`."""
+
     kind = "qat"
-    HParams = LsqHParams
 
     @property
     def _w_bits(self) -> int:
@@ -101,3 +109,12 @@ class LSQ(ERM):
         if self.hparams.weight_decay is not None:
             return self.hparams.weight_decay
         return LSQ_WEIGHT_DECAY_BELOW_4_BITS.get(self._w_bits, 1e-4)
+
+
+@METHODS.register(
+    "lsq",
+    summary="plain QAT with learned step sizes, fine-tuned from FP",
+    paper="Esser et al., ICLR 2020, arXiv:1902.08153",
+)
+class LSQ(LsqRecipe, ERM):
+    HParams = LsqHParams

@@ -1,12 +1,20 @@
-"""Fake quantization: LSQ quantizers, quantized layers and model conversion."""
+"""Fake quantization: LSQ, LSQ+, PACT and DoReFa quantizers, quantized layers and model conversion."""
 
 from qatbench.config.spec import QuantSpec
-from qatbench.quant.convert import calibrate, quantize_model, quantizers, step_parameters
+from qatbench.quant.base import FakeQuantizer
+from qatbench.quant.convert import calibrate, make_quantizers, quantize_model, quantizers, step_parameters
+from qatbench.quant.dorefa import DorefaQuantizer
 from qatbench.quant.layers import QuantConv2d, QuantLinear
 from qatbench.quant.lsq import LsqQuantizer, grad_scale, levels, lsq_quantize, round_ste
+from qatbench.quant.lsq_plus import LsqPlusQuantizer
+from qatbench.quant.pact import PactQuantizer
 
 __all__ = [
+    "DorefaQuantizer",
+    "FakeQuantizer",
+    "LsqPlusQuantizer",
     "LsqQuantizer",
+    "PactQuantizer",
     "QuantConv2d",
     "QuantLinear",
     "QuantSpec",
@@ -14,6 +22,7 @@ __all__ = [
     "grad_scale",
     "levels",
     "lsq_quantize",
+    "make_quantizers",
     "quantize_model",
     "quantizers",
     "round_ste",

@@ -8,8 +8,12 @@ import torch
 from torch import nn
 
 from qatbench.config.spec import QuantSpec
+from qatbench.quant.base import FakeQuantizer
+from qatbench.quant.dorefa import DorefaQuantizer
 from qatbench.quant.layers import QuantConv2d, QuantLinear
 from qatbench.quant.lsq import LsqQuantizer
+from qatbench.quant.lsq_plus import LsqPlusQuantizer
+from qatbench.quant.pact import PactQuantizer
 
 FIRST_LAST_8BIT = 8
 
@@ -33,8 +37,28 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
                 w_bits = a_bits = FIRST_LAST_8BIT
         layer = quantized.get_submodule(name)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        _replace(quantized, name, cls.from_float(layer, w_bits, a_bits, per_channel=spec.w_per_channel))
+        w_quant, a_quant = make_quantizers(spec, w_bits, a_bits, channels=layer.weight.shape[0])
+        _replace(quantized, name, cls.from_float(layer, w_quant, a_quant))
     return quantized
+
+
+def make_quantizers(spec: QuantSpec, w_bits: int, a_bits: int, channels: int) -> tuple[FakeQuantizer, FakeQuantizer]:
+    """The weight and input quantizers of one layer, as `spec.quantizer` pairs them."""
+    per_channel = spec.w_per_channel
+    if spec.quantizer == "lsq":
+        w_quant = LsqQuantizer(
+            w_bits, "weight", per_channel=per_channel, channels=channels,
+            grad_count=spec.grad_scale, symmetric=spec.w_symmetric,
+        )  # fmt: skip
+        a_init = "lsq" if spec.a_init == "batch" else "one"
+        return w_quant, LsqQuantizer(a_bits, "activation", grad_count=spec.grad_scale, init=a_init)
+    if spec.quantizer == "lsq_plus":
+        w_quant = LsqPlusQuantizer(w_bits, "weight", per_channel=per_channel, channels=channels)
+        return w_quant, LsqPlusQuantizer(a_bits, "activation")
+    w_quant = DorefaQuantizer(w_bits, "weight", per_channel=per_channel, channels=channels)
+    if spec.quantizer == "pact":  # PACT's weights are DoReFa's
+        return w_quant, PactQuantizer(a_bits)
+    return w_quant, DorefaQuantizer(a_bits, "activation")
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -42,18 +66,19 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def quantizers(model: nn.Module) -> list[LsqQuantizer]:
-    return [m for m in model.modules() if isinstance(m, LsqQuantizer)]
+def quantizers(model: nn.Module) -> list[FakeQuantizer]:
+    return [m for m in model.modules() if isinstance(m, FakeQuantizer)]
 
 
 def step_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The learnable step sizes (optimisers often treat them apart from the weights)."""
-    return [q.step for q in quantizers(model)]
+    """The learnable step sizes and offsets (never weight-decayed, and the parameters whose
+    gradients GAQAT watches)."""
+    return [p for q in quantizers(model) for p in q.range_parameters()]
 
 
 @torch.no_grad()
 def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Initialise every step size from one batch (LSQ: 2 mean|v| / sqrt(Q_P)).
+    """Initialise every quantizer's range from one batch (LSQ: 2 mean|v| / sqrt(Q_P)).
 
     Runs in eval mode so BN running statistics do not move, then restores every module's mode
     (a BN frozen in eval mode inside a training model stays frozen).

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qatbench.quant.lsq import LsqQuantizer
+from qatbench.quant.base import FakeQuantizer
 
 
-def _attach_quantizers(layer: nn.Module, w_bits: int, a_bits: int, per_channel: bool) -> None:
+def _attach_quantizers(layer: nn.Module, w_quant: FakeQuantizer, a_quant: FakeQuantizer) -> None:
     dtype = layer.weight.dtype  # step sizes follow the layer (float64 Hessians, bf16 training)
-    layer.w_quant = LsqQuantizer(w_bits, "weight", per_channel=per_channel, channels=layer.weight.shape[0]).to(dtype)
-    layer.a_quant = LsqQuantizer(a_bits, "activation").to(dtype)
+    layer.w_quant = w_quant.to(dtype)
+    layer.a_quant = a_quant.to(dtype)
 
 
 @torch.no_grad()
@@ -30,14 +30,14 @@ def _copy_parameters(source: nn.Module, target: nn.Module) -> nn.Module:
 
 
 class QuantConv2d(nn.Conv2d):
-    """nn.Conv2d with LSQ fake quantization of its input and weight."""
+    """nn.Conv2d with fake quantization of its input and weight."""
 
-    def __init__(self, *args, w_bits: int, a_bits: int, per_channel: bool = False, **kwargs):
+    def __init__(self, *args, w_quant: FakeQuantizer, a_quant: FakeQuantizer, **kwargs):
         super().__init__(*args, **kwargs)
-        _attach_quantizers(self, w_bits, a_bits, per_channel)
+        _attach_quantizers(self, w_quant, a_quant)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, per_channel: bool = False) -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, w_quant: FakeQuantizer, a_quant: FakeQuantizer) -> QuantConv2d:
         quantized = cls(
             conv.in_channels,
             conv.out_channels,
@@ -49,9 +49,8 @@ class QuantConv2d(nn.Conv2d):
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
             dtype=conv.weight.dtype,
-            w_bits=w_bits,
-            a_bits=a_bits,
-            per_channel=per_channel,
+            w_quant=w_quant,
+            a_quant=a_quant,
         )
         return _copy_parameters(conv, quantized)
 
@@ -60,22 +59,21 @@ class QuantConv2d(nn.Conv2d):
 
 
 class QuantLinear(nn.Linear):
-    """nn.Linear with LSQ fake quantization of its input and weight."""
+    """nn.Linear with fake quantization of its input and weight."""
 
-    def __init__(self, *args, w_bits: int, a_bits: int, per_channel: bool = False, **kwargs):
+    def __init__(self, *args, w_quant: FakeQuantizer, a_quant: FakeQuantizer, **kwargs):
         super().__init__(*args, **kwargs)
-        _attach_quantizers(self, w_bits, a_bits, per_channel)
+        _attach_quantizers(self, w_quant, a_quant)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, w_bits: int, a_bits: int, per_channel: bool = False) -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, w_quant: FakeQuantizer, a_quant: FakeQuantizer) -> QuantLinear:
         quantized = cls(
             linear.in_features,
             linear.out_features,
             bias=linear.bias is not None,
             dtype=linear.weight.dtype,
-            w_bits=w_bits,
-            a_bits=a_bits,
-            per_channel=per_channel,
+            w_quant=w_quant,
+            a_quant=a_quant,
         )
         return _copy_parameters(linear, quantized)
 

@@ -18,12 +18,15 @@ backward and every torch.func transform working, which Hessians of quantized mod
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
-Kind = Literal["weight", "activation"]
+from qatbench.quant.base import FakeQuantizer, Kind
+
+GradCount = Literal["layer", "tensor"]
+StepInit = Literal["lsq", "one"]
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +39,9 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - x * scale).detach() + x * scale
 
 
-def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: float, q_p: float, g: float) -> torch.Tensor:
+def lsq_quantize(
+    v: torch.Tensor, step: torch.Tensor, q_n: float | torch.Tensor, q_p: float | torch.Tensor, g: float
+) -> torch.Tensor:
     """Fake-quantize `v` with step size `step` (broadcastable to v) onto {-q_n, ..., q_p} * step."""
     step = grad_scale(step, g)
     v_bar = round_ste(torch.clamp(v / step, -q_n, q_p))
@@ -50,7 +55,7 @@ def levels(bits: int, signed: bool) -> tuple[float, float]:
     return 0.0, float(2**bits - 1)
 
 
-class LsqQuantizer(nn.Module):
+class LsqQuantizer(FakeQuantizer):
     """A fake quantizer with a learnable step size, for weights or activations.
 
     Weights are signed. Activations are unsigned when the first batch it sees has no negative
@@ -58,23 +63,46 @@ class LsqQuantizer(nn.Module):
     `signed=True/False` fixes it instead. The step size is initialised lazily from the first
     tensor quantized, which is the first batch of data for activations; `calibrate` in
     `qatbench.quant.convert` makes that batch an explicit training batch.
+
+    The switches the papers disagree on (shared/papers.md 9.1), LSQ's choice first:
+    - `grad_count`: N of the gradient scale is the layer's weights / features per sample
+      ("layer", LSQ Sec. 2.2) or every element of the tensor, batch included ("tensor", the
+      lsq-net fork the FQAT/GAQAT authors used);
+    - `init`: the step starts at 2 mean|v| / sqrt(Q_P) ("lsq") or at 1.0 ("one", the fork's
+      activations);
+    - `symmetric=False` (weights): unsigned levels {0..2^b-1} around a zero point fixed at
+      initialisation from the min/max (s = (max - min) / (2^b - 1), z = round(-min / s)), so
+      the range need not be centred on zero (FPQ's asymmetric weights via MQBench). Only s is
+      learned; z stays where it was put.
     """
 
     def __init__(
-        self, bits: int, kind: Kind, *, per_channel: bool = False, channels: int = 1, signed: bool | None = None
+        self,
+        bits: int,
+        kind: Kind,
+        *,
+        per_channel: bool = False,
+        channels: int = 1,
+        signed: bool | None = None,
+        grad_count: GradCount = "layer",
+        init: StepInit = "lsq",
+        symmetric: bool = True,
     ):
-        super().__init__()
-        if kind == "weight":
-            signed = True if signed is None else signed
-        elif per_channel:
+        super().__init__(bits, kind, signed=signed)
+        if per_channel and kind != "weight":
             raise ValueError("per-channel step sizes are supported for weights only")
-        self.bits = bits
-        self.kind = kind
+        if not symmetric and kind != "weight":
+            raise ValueError("asymmetric (zero-point) quantization is supported for weights only")
         self.per_channel = per_channel
-        self.signed = signed
-        self.auto_sign = signed is None
-        self.initialized = False
-        self.step = nn.Parameter(torch.ones(channels if per_channel else ()))
+        self.grad_count_mode = grad_count
+        self.init_mode = init
+        self.symmetric = symmetric
+        shape = (channels,) if per_channel else ()
+        self.step = nn.Parameter(torch.ones(shape))
+        self.register_buffer("zero_point", torch.zeros(shape))
+
+    def range_parameters(self) -> list[nn.Parameter]:
+        return [self.step]
 
     @property
     def q_n(self) -> float:
@@ -86,42 +114,39 @@ class LsqQuantizer(nn.Module):
 
     def grad_count(self, x: torch.Tensor) -> int:
         """N of LSQ's gradient scale: weights in the layer, or features per sample."""
-        return x.numel() if self.kind == "weight" else x[0].numel()
+        if self.grad_count_mode == "tensor" or self.kind == "weight":
+            return x.numel()
+        return x[0].numel()
 
-    def reset(self) -> None:
-        """Forget the step size so that the next tensor quantized initialises it again."""
-        self.initialized = False
-        if self.auto_sign:
-            self.signed = None
+    def _per_channel(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.view(-1, *[1] * (like.dim() - 1)) if self.per_channel else values
 
     @torch.no_grad()
     def init_from(self, x: torch.Tensor) -> None:
-        if self.signed is None:
-            self.signed = bool((x < 0).any())
-        if self.per_channel:
-            mean_abs = x.abs().flatten(1).mean(dim=1)
+        flat = x.flatten(1) if self.per_channel else x.reshape(1, -1)
+        if not self.symmetric:
+            top = float(2**self.bits - 1)
+            low, high = flat.min(dim=1).values.clamp_max(0), flat.max(dim=1).values.clamp_min(0)
+            step = (high - low) / top
+            step = step.clamp_min(torch.finfo(step.dtype).tiny)
+            self.zero_point.copy_(torch.round(-low / step).clamp(0, top).reshape(self.zero_point.shape))
+        elif self.init_mode == "one":
+            step = torch.ones_like(flat[:, 0])
         else:
-            mean_abs = x.abs().mean()
-        step = 2 * mean_abs / math.sqrt(self.q_p)
-        self.step.copy_(step.clamp_min(torch.finfo(step.dtype).tiny).to(self.step.dtype))
-        self.initialized = True
+            step = 2 * flat.abs().mean(dim=1) / math.sqrt(self.q_p)
+        step = step.clamp_min(torch.finfo(step.dtype).tiny).reshape(self.step.shape)
+        self.step.copy_(step.to(self.step.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.initialized:
-            self.init_from(x)
-        step = self.step.view(-1, *[1] * (x.dim() - 1)) if self.per_channel else self.step
-        g = 1.0 / math.sqrt(self.grad_count(x) * self.q_p)
-        return lsq_quantize(x, step, self.q_n, self.q_p, g)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"bits": self.bits, "signed": self.signed, "auto_sign": self.auto_sign, "initialized": self.initialized}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.bits = state["bits"]
-        self.signed = state["signed"]
-        self.auto_sign = state["auto_sign"]
-        self.initialized = state["initialized"]
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        step = self._per_channel(self.step, x)
+        if self.symmetric:
+            g = 1.0 / math.sqrt(self.grad_count(x) * self.q_p)
+            return lsq_quantize(x, step, self.q_n, self.q_p, g)
+        top = float(2**self.bits - 1)
+        zero = self._per_channel(self.zero_point, x)
+        g = 1.0 / math.sqrt(self.grad_count(x) * top)
+        return lsq_quantize(x, step, zero, top - zero, g)
 
     def extra_repr(self) -> str:
-        sign = {None: "auto", True: "signed", False: "unsigned"}[self.signed]
-        return f"{self.kind}, bits={self.bits}, {sign}, per_channel={self.per_channel}"
+        scheme = "" if self.symmetric else ", asymmetric"
+        return f"{super().extra_repr()}, per_channel={self.per_channel}{scheme}"

@@ -17,6 +17,9 @@ class RegistryCatalog:
     def method_kind(self, name: str) -> MethodKind:
         return METHODS.get(name).kind
 
+    def method_quant(self, name: str) -> dict:
+        return dict(METHODS.get(name).quant_fixed)
+
     def method_hparams(self, name: str) -> type:
         return METHODS.get(name).HParams
 

@@ -1,0 +1,130 @@
+"""FQAT: QAT loss + flatness objective, freezing at each step the layers whose gradient is in
+disorder (`fqat`).
+
+Jiang, Meng, Tang, Yu, Li, Wang, Zhu, "Quantization Meets OOD: Generalizable Quantization-aware
+Training from a Flatness Perspective", ACM MM 2025, arXiv:2509.00859. Only the abstract could be
+read (shared/papers.md 2): "dual optimization objectives: vanilla QAT loss and flatness", "a
+layer-wise freezing mechanism to mitigate the gradient conflict", "a disorder-guided adaptive
+freezing algorithm [that] dynamically determines which layers to freeze at each training step",
+"a gradient disorder metric [that] identifies unstable layers". Everything below the structure is
+a RECONSTRUCTION, every choice an hparam:
+
+1. g_task = grad L(w), g_flat = grad L(w') - g_task at SAGM's perturbed point w' (sagm.py);
+   d = g_task + 1/2 g_flat per parameter
+2. per quantized layer l (its weight, bias and step sizes), one value per step into a window of
+   n steps (`disorder`): "flips", the fraction of the layer's coordinates whose sign of d
+   reversed since the previous step; or "conflict", 1 when <g_task_l, g_flat_l> < 0 else 0
+3. D_l = the window's mean; once the window is full, at every step the layers with
+   D_l > mean(D) + margin std(D) are unstable and frozen for this step, the most disordered
+   first and at most `max_frozen` of the layers
+4. a frozen layer (`freeze`): "layer", no update at all this step (the optimiser skips it);
+   "flat", task gradient only; "task", flatness gradient only
+5. base optimiser step (LSQ's recipe); BN and other unquantized parameters are never frozen
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from qatbench.methods.disorder import Disorder, SignHistory
+from qatbench.methods.erm import LsqRecipe
+from qatbench.methods.registry import METHODS
+from qatbench.methods.sagm import LsqSagmHParams, SagmUpdate
+from qatbench.methods.sharpness import dot
+from qatbench.quant import QuantConv2d, QuantLinear
+
+
+@dataclass(frozen=True)
+class FqatHParams(LsqSagmHParams):
+    window: int = 20  # n, RECONSTRUCTION
+    disorder: Disorder = "flips"  # RECONSTRUCTION
+    margin: float = 1.0  # RECONSTRUCTION: unstable = more than one std above the layers' mean
+    max_frozen: float = 0.25  # RECONSTRUCTION: at most a quarter of the layers frozen in one step
+    freeze: Literal["layer", "flat", "task"] = "layer"  # RECONSTRUCTION: what a frozen layer drops
+
+
+def unstable_layers(disorder: torch.Tensor, margin: float, max_frozen: float) -> list[int]:
+    """Indices of the layers to freeze: disorder more than `margin` stds above the mean, the
+    most disordered first, at most `max_frozen` of them (a fraction of all layers)."""
+    limit = int(max_frozen * disorder.numel())
+    if limit == 0 or disorder.numel() < 2:
+        return []
+    threshold = disorder.mean() + margin * disorder.std()
+    order = torch.argsort(disorder, descending=True)[:limit]
+    return [int(i) for i in order if disorder[i] > threshold]
+
+
+@METHODS.register(
+    "fqat",
+    summary="QAT + flatness with disorder-guided layer freezing at every step (reconstruction)",
+    paper="Jiang et al., ACM MM 2025, arXiv:2509.00859",
+)
+class FQAT(LsqRecipe, SagmUpdate):
+    HParams = FqatHParams
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.layer_names = [n for n, m in self.model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+        if not self.layer_names:
+            raise ValueError("fqat needs a quantized model (a method of kind qat with a QuantSpec)")
+        self.layer_params = [
+            [p for p in self.model.get_submodule(n).parameters() if p.requires_grad] for n in self.layer_names
+        ]
+        device = self.layer_params[0][0].device
+        self.history = SignHistory(self.hparams.window, len(self.layer_names), device)
+        self.previous_signs: list[list[torch.Tensor]] | None = None
+        self.frozen_now: list[int] = []
+        self.frozen_counts = [0] * len(self.layer_names)
+        self.steps_taken = 0
+
+    def layer_disorder(self, g: list[torch.Tensor], g_flat: list[torch.Tensor], d: list[torch.Tensor]) -> torch.Tensor:
+        """This step's value of the disorder metric for every layer (index lists into params)."""
+        if self.hparams.disorder == "conflict":
+            return torch.stack(
+                [(dot([g[i] for i in idx], [g_flat[i] for i in idx]) < 0).float() for idx in self._index]
+            )
+        signs = [[d[i].sign() for i in idx] for idx in self._index]
+        if self.previous_signs is None:
+            values = torch.zeros(len(self._index), device=d[0].device)
+        else:
+            values = torch.stack(
+                [
+                    sum((now != before).sum() for now, before in zip(layer, old, strict=True))
+                    / sum(s.numel() for s in layer)
+                    for layer, old in zip(signs, self.previous_signs, strict=True)
+                ]
+            )
+        self.previous_signs = signs
+        return values
+
+    def combine(self, params: list, g: list[torch.Tensor], g_p: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        position = {id(p): i for i, p in enumerate(params)}
+        self._index = [[position[id(p)] for p in layer] for layer in self.layer_params]
+        w = self.hparams.smooth_weight
+        g_flat = [b - a for a, b in zip(g, g_p, strict=True)]
+        d: list[torch.Tensor | None] = [a + w * f for a, f in zip(g, g_flat, strict=True)]
+        self.history.record(self.layer_disorder(g, g_flat, d))
+        self.steps_taken += 1
+        self.frozen_now = []
+        if self.history.full:
+            self.frozen_now = unstable_layers(
+                self.history.rows.mean(dim=0), self.hparams.margin, self.hparams.max_frozen
+            )
+        for layer in self.frozen_now:
+            self.frozen_counts[layer] += 1
+            for i in self._index[layer]:
+                d[i] = {"layer": None, "flat": g[i], "task": w * g_flat[i]}[self.hparams.freeze]
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        steps = max(self.steps_taken, 1)
+        return {
+            "n_layers": len(self.layer_names),
+            "mean_frozen_per_step": round(sum(self.frozen_counts) / steps, 4),
+            "frozen_fraction": {
+                n: round(c / steps, 4) for n, c in zip(self.layer_names, self.frozen_counts, strict=True)
+            },
+        }
