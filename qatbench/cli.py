@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a suite field, e.g. --set training.steps=100 (repeatable)",
     )
     run.add_argument(
+        "--only",
+        default="",
+        metavar="LABELS",
+        help="run only these method entries, comma-separated labels (their FP parents come along)",
+    )
+    run.add_argument(
         "--dry-run", action="store_true", help="list the runs and whether they are finished; train nothing"
     )
     run.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
@@ -78,8 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = api.load_suite(args.suite, args.overrides)
     results = Path(args.results)
+    only = [label.strip() for label in args.only.split(",") if label.strip()]
     if args.dry_run:
-        specs = api.expand(suite)
+        specs = api.expand(suite, only)
         for spec in specs:
             state = "finished" if is_finished(run_dir(results, spec.suite, spec.run_id)) else "pending"
             print(
@@ -89,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(specs)} runs in suite '{suite.name}'")
         return 0
     quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
-    summary = api.run(suite, results, data_root=args.data_root, device=args.device, progress=not quiet)
+    summary = api.run(suite, results, data_root=args.data_root, device=args.device, progress=not quiet, only=only)
     print(summary.line())
     return 1 if summary.counts.get("failed") else 0
 

@@ -27,9 +27,16 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
     runs: dict[str, int] = {}
     for i, entry in enumerate(suite.methods):
         hparams = _check_method(entry, catalog, blame, ["methods", i])
+        quant = None
         if catalog.method_kind(entry.name) == "qat":
             _check_quant(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame)
-        same = repr((entry.name, sorted(hparams.items()), entry.steps, entry.quant))
+            quant = sorted(quant_fields(suite, entry, catalog).items())
+        elif entry.quant.model_dump(exclude_none=True):
+            raise UserError(
+                f"{blame(['methods', i, 'quant'])}: method '{entry.name}' trains in full precision; "
+                f"`quant` applies to QAT methods only"
+            )
+        same = repr((entry.name, sorted(hparams.items()), entry.steps, quant))
         if same in runs:
             raise UserError(
                 f"{blame(['methods', i])}: runs exactly what methods[{runs[same]}] runs; "

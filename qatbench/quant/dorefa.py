@@ -35,6 +35,7 @@ class DorefaQuantizer(FakeQuantizer):
         if self.kind == "weight":
             t = torch.tanh(x)
             peak = t.abs().flatten(1).amax(dim=1).view(-1, *[1] * (x.dim() - 1)) if self.per_channel else t.abs().max()
+            peak = peak.clamp_min(torch.finfo(t.dtype).tiny)  # an all-zero channel stays at 0, not 0/0
             return 2 * quantize_k(t / (2 * peak) + 0.5, self.bits) - 1
         if self.signed:
             return 2 * quantize_k((torch.clamp(x, -1, 1) + 1) / 2, self.bits) - 1

@@ -37,11 +37,12 @@ class PactQuantizer(FakeQuantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha.to(x.dtype)
+        # torch.where, not min/max: at x == alpha the whole gradient goes to alpha (Eq. 3), none is split
         if self.signed:
             levels = 2 ** (self.bits - 1) - 1
-            y = torch.maximum(torch.minimum(x, alpha), -alpha)
+            y = torch.where(x >= alpha, alpha, torch.where(x <= -alpha, -alpha, x))
         else:
             levels = 2**self.bits - 1
-            y = torch.minimum(x.clamp_min(0), alpha)
+            y = torch.where(x >= alpha, alpha, torch.where(x < 0, torch.zeros_like(x), x))
         scale = levels / alpha.detach()
         return y + (torch.round(y * scale) / scale - y).detach()

@@ -9,6 +9,7 @@ from pathlib import Path
 from qatbench import config
 from qatbench.config import RunSpec, Suite
 from qatbench.data import resolve_data_root
+from qatbench.errors import UserError, allowed_list, did_you_mean
 from qatbench.runner.catalog import CATALOG
 from qatbench.runner.sweep import SweepSummary, plan, run_specs
 from qatbench.runner.train import resolve_device
@@ -19,9 +20,25 @@ def load_suite(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Suite:
     return config.load_suite(path, overrides, catalog=CATALOG)
 
 
-def expand(suite: Suite) -> list[RunSpec]:
-    """Every run of the suite, FP parents of QAT runs included, in the order they will run."""
-    return plan(config.expand(suite, CATALOG))
+def expand(suite: Suite, only: Sequence[str] = ()) -> list[RunSpec]:
+    """Every run of the suite (or of the method entries labelled in `only`), FP parents of QAT
+    runs included, in the order they will run."""
+    return plan(select(config.expand(suite, CATALOG), suite, only))
+
+
+def select(specs: list[RunSpec], suite: Suite, only: Sequence[str]) -> list[RunSpec]:
+    """The runs of the method entries named in `only` (by label); all of them when it is empty.
+    The parents of the kept QAT runs stay the suite's, whatever is left out."""
+    if not only:
+        return specs
+    labels = [m.label or m.name for m in suite.methods]
+    for label in only:
+        if label not in labels:
+            raise UserError(
+                f"--only: no method entry labelled '{label}'{did_you_mean(label, labels)}; "
+                f"allowed: {allowed_list(labels)}"
+            )
+    return [spec for spec in specs if spec.label in only]
 
 
 def run(
@@ -31,10 +48,12 @@ def run(
     data_root: str | os.PathLike | None = None,
     device: str = "auto",
     progress: bool = True,
+    only: Sequence[str] = (),
 ) -> SweepSummary:
     """Run every run of `suite` not already finished under `results`; returns their records."""
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     root = resolve_data_root(data_root, suite.data_root)
     resolve_device(device)  # a bad --device is the user's mistake, not a failure of every run
-    return run_specs(config.expand(suite, CATALOG), Path(results), data_root=root, device=device, progress=progress)
+    specs = select(config.expand(suite, CATALOG), suite, only)
+    return run_specs(specs, Path(results), data_root=root, device=device, progress=progress)

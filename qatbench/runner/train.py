@@ -179,7 +179,10 @@ def _train(
         for step in range(1, spec.steps + 1):
             t0 = time.perf_counter()
             minibatches = [tuple(t.to(device, non_blocking=True) for t in next(it)) for it in iterators]
-            losses = method.update(minibatches)
+            if compiled and step == 1:
+                losses, compiled = _first_compiled_update(method, minibatches)
+            else:
+                losses = method.update(minibatches)
             step_times.append(time.perf_counter() - t0)
             if not all(math.isfinite(v) for v in losses.values()):
                 raise Diverged(f"loss became {losses} at step {step}")
@@ -222,6 +225,19 @@ def should_compile(spec: RunSpec, device: torch.device) -> bool:
     if spec.compile == "auto":
         return spec.steps >= COMPILE_MIN_STEPS
     return bool(spec.compile)
+
+
+def _first_compiled_update(method, minibatches) -> tuple[dict[str, float], bool]:
+    """The first step compiles; where torch.compile cannot work (no C++ compiler, an operator
+    it does not support), the run goes on in eager mode, with the same numbers, and says so."""
+    try:
+        return method.update(minibatches), True
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise
+        log.warning("torch.compile failed (%s); training in eager mode", str(exc).splitlines()[0][:200])
+        method.model._compiled_call_impl = None  # undo nn.Module.compile
+        return method.update(minibatches), False
 
 
 def train_stream(dataset, split, spec: RunSpec, seed: int, device: torch.device, workers: int = 0):

@@ -1,0 +1,99 @@
+"""Time per training step of every method relative to FP `erm`, same model and batch, one process.
+
+    python benchmarks/bench_step.py [--models resnet20 resnet18] [--batch 128] [--steps 10]
+                                    [--methods ...] [--no-compile]
+
+Targets (method-zoo issue): `lsq` W4A4 at most 1.5x an FP step (reached with torch.compile, which
+`training.compile` turns on for long runs); SAM-family methods near 2x their base (two passes;
+GAM four); GAQAT and FQAT bookkeeping under 10% on top of `lsq_sagm`, their base update.
+Printed: seconds per step, the ratio to eager `erm`, and the ratio to each method's base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from qatbench.config import QuantSpec
+from qatbench.methods import METHODS
+from qatbench.models import build_model
+from qatbench.quant import calibrate, quantize_model
+
+INPUT_SHAPES = {"small_cnn": (1, 28, 28), "resnet20": (3, 32, 32), "resnet18": (3, 64, 64)}
+BASE = {  # what each method adds its cost to
+    "sam": "erm", "asam": "erm", "sagm": "erm", "gam": "erm",
+    "lsq": "erm", "lsq_plus": "lsq", "pact": "lsq", "dorefa": "lsq", "kd": "lsq",
+    "lsq_sam": "lsq", "lsq_sagm": "lsq", "gaqat": "lsq_sagm", "fqat": "lsq_sagm",
+}  # fmt: skip
+
+
+def time_steps(method, batches, steps: int, warmup: int = 2) -> float:
+    """Median seconds per `update` after `warmup` steps (compilation happens in those)."""
+    for _ in range(warmup):
+        method.update(batches)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        method.update(batches)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build(name: str, fp_model, batches, spec: QuantSpec, steps: int, compiled: bool):
+    method_class = METHODS.get(name)
+    model = copy.deepcopy(fp_model)
+    teacher = copy.deepcopy(fp_model).eval() if method_class.needs_teacher else None
+    if method_class.kind == "qat":
+        fixed = dict(method_class.quant_fixed)
+        spec = QuantSpec(spec.w_bits, spec.a_bits, **fixed) if fixed else spec
+        model = calibrate(quantize_model(model, spec), batches[0][0])
+    else:
+        spec = None
+    method = method_class(model, 10, {}, teacher=teacher, quant=spec, total_steps=10_000)
+    if compiled:
+        model.compile()
+    method.train()
+    return method
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20"], choices=sorted(INPUT_SHAPES))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", default=["erm", *BASE], choices=["erm", *BASE])
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled erm and lsq (a minute each)")
+    args = parser.parse_args()
+    spec = QuantSpec(4, 4)
+    for model_name in args.models:
+        torch.manual_seed(0)
+        shape = INPUT_SHAPES[model_name]
+        batches = [(torch.randn(args.batch, *shape), torch.randint(0, 10, (args.batch,)))]
+        fp_model = build_model(model_name, shape, 10)
+        seconds = {}
+        for name in dict.fromkeys(["erm", *args.methods]):
+            seconds[name] = time_steps(build(name, fp_model, batches, spec, args.steps, False), batches, args.steps)
+        if not args.no_compile:
+            for name in ("erm", "lsq"):
+                method = build(name, fp_model, batches, spec, args.steps, True)
+                seconds[f"{name} compiled"] = time_steps(method, batches, args.steps, warmup=3)
+        erm = seconds["erm"]
+        print(f"\n{model_name}, batch {args.batch}, W4A4, {torch.get_num_threads()} threads")
+        print(f"{'method':14s} {'s/step':>8s} {'x erm':>6s}  vs base")
+        for name, s in seconds.items():
+            base = BASE.get(name)
+            versus = f"{s / seconds[base]:5.2f}x {base}" if base in seconds else ""
+            print(f"{name:14s} {s:8.4f} {s / erm:6.2f}  {versus}")
+        if "lsq compiled" in seconds:
+            print(
+                f"lsq compiled / erm eager {seconds['lsq compiled'] / erm:.2f}x (target <= 1.5x); "
+                f"/ erm compiled {seconds['lsq compiled'] / seconds['erm compiled']:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The committed suites, the README's suite example and the papers' reference numbers load as a
+user would load them."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from qatbench.runner import api
+from tests.conftest import TINY_SUITE, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = sorted((ROOT / "suites").glob("*.yaml"))
+REFERENCE_COLUMNS = ["method", "dataset", "model", "bits", "test_env", "metric", "value", "baseline", "source", "note"]
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_every_committed_suite_loads_and_expands(path):
+    suite = api.load_suite(path)
+    specs = api.expand(suite)
+    assert specs and all(s.suite == suite.name for s in specs)
+    assert {m.name for m in suite.methods} <= {s.method for s in specs}
+
+
+def test_papers_scale_pacs_suites_run_the_whole_zoo_at_their_bits():
+    zoo = {"erm", "sam", "asam", "sagm", "gam", "lsq", "lsq_plus", "pact", "dorefa", "kd", "lsq_sam", "lsq_sagm"}
+    zoo |= {"gaqat", "fqat"}
+    for name, bits in (("pacs_w4a4", "W4A4"), ("pacs_w3a3", "W3A3"), ("pacs64_w4a4", "W4A4")):
+        specs = api.expand(api.load_suite(ROOT / "suites" / f"{name}.yaml"))
+        assert {s.method for s in specs} == zoo
+        assert {s.bits_label for s in specs if s.quant} == {bits}
+        # 4 PACS domains x 3 seeds, each method once per domain and seed
+        assert len(specs) == len(zoo) * 4 * 3
+
+
+def test_quantizer_methods_get_their_own_quantizer_in_the_pacs_suite():
+    specs = api.expand(api.load_suite(ROOT / "suites" / "pacs_w4a4.yaml"))
+    quantizer = {s.method: s.quant.quantizer for s in specs if s.quant}
+    assert quantizer["pact"] == "pact" and quantizer["lsq_plus"] == "lsq_plus" and quantizer["dorefa"] == "dorefa"
+    assert quantizer["gaqat"] == quantizer["lsq"] == "lsq"
+
+
+def test_readme_suite_example_is_a_valid_suite(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Suite format\n+```yaml\n(.*?)```", readme, re.S).group(1)
+    path = tmp_path / "example.yaml"
+    path.write_text(block)
+    specs = api.expand(api.load_suite(path))
+    fork = [s for s in specs if s.label == "lsq-fork"]
+    assert fork and fork[0].quant.grad_scale == "tensor" and fork[0].quant.a_init == "one"
+    assert fork[0].run_id != next(s for s in specs if s.label == "lsq").run_id
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "suites" / "references").glob("*.csv")), ids=lambda p: p.stem)
+def test_reference_numbers_name_their_method_setting_and_source(path):
+    from qatbench.methods import METHODS
+
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and list(rows[0]) == REFERENCE_COLUMNS
+    for row in rows:
+        assert row["method"] in METHODS.names()
+        assert row["source"] and float(row["value"]) == pytest.approx(float(row["value"]))
+        assert row["metric"] in {"ood_acc", "id_acc", "ood_acc_delta", "ood_acc_delta_max"}
+
+
+def test_gaqat_reference_holds_the_abstracts_deltas():
+    with open(ROOT / "suites" / "references" / "gaqat.csv", newline="") as handle:
+        rows = {(r["dataset"], r["bits"], r["metric"]): float(r["value"]) for r in csv.DictReader(handle)}
+    assert rows[("PACS", "W4A4", "ood_acc_delta_max")] == 4.5
+    assert rows[("DomainNet", "W4A4", "ood_acc_delta")] == 1.39
+    assert rows[("DomainNet", "W3A3", "ood_acc_delta")] == 1.06
+
+
+def test_quant_overrides_on_a_full_precision_method_are_one_line_exit_2(tmp_path):
+    path = tmp_path / "suite.yaml"
+    path.write_text(TINY_SUITE.replace("  - name: erm\n", "  - name: erm\n    quant: {w_per_channel: true}\n"))
+    result = run_cli("run", str(path), "--dry-run")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"qatbench: error: {path}: methods[0].quant: method 'erm' trains in full precision; "
+        "`quant` applies to QAT methods only"
+    ]
