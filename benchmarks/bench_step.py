@@ -31,19 +31,22 @@ BASE = {  # what each method adds its cost to
 }  # fmt: skip
 
 
-def time_steps(method, batches, steps: int, warmup: int = 2) -> float:
-    """Median seconds per `update` after `warmup` steps (compilation happens in those)."""
-    for _ in range(warmup):
-        method.update(batches)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        method.update(batches)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def time_round_robin(methods: dict, batches, rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per `update` of each method, timed one step each in turn for `rounds`
+    rounds, so that a change of machine load hits every method alike."""
+    for method in methods.values():
+        for _ in range(warmup):  # compilation happens here
+            method.update(batches)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, method in methods.items():
+            t0 = time.perf_counter()
+            method.update(batches)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def build(name: str, fp_model, batches, spec: QuantSpec, steps: int, compiled: bool):
+def build(name: str, fp_model, batches, spec: QuantSpec, compiled: bool):
     method_class = METHODS.get(name)
     model = copy.deepcopy(fp_model)
     teacher = copy.deepcopy(fp_model).eval() if method_class.needs_teacher else None
@@ -64,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet20"], choices=sorted(INPUT_SHAPES))
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed rounds (one step of each method per round)")
     parser.add_argument("--methods", nargs="+", default=["erm", *BASE], choices=["erm", *BASE])
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled erm and lsq (a minute each)")
     args = parser.parse_args()
@@ -74,13 +77,11 @@ def main() -> None:
         shape = INPUT_SHAPES[model_name]
         batches = [(torch.randn(args.batch, *shape), torch.randint(0, 10, (args.batch,)))]
         fp_model = build_model(model_name, shape, 10)
-        seconds = {}
-        for name in dict.fromkeys(["erm", *args.methods]):
-            seconds[name] = time_steps(build(name, fp_model, batches, spec, args.steps, False), batches, args.steps)
+        methods = {name: build(name, fp_model, batches, spec, False) for name in dict.fromkeys(["erm", *args.methods])}
         if not args.no_compile:
             for name in ("erm", "lsq"):
-                method = build(name, fp_model, batches, spec, args.steps, True)
-                seconds[f"{name} compiled"] = time_steps(method, batches, args.steps, warmup=3)
+                methods[f"{name} compiled"] = build(name, fp_model, batches, spec, True)
+        seconds = time_round_robin(methods, batches, args.steps)
         erm = seconds["erm"]
         print(f"\n{model_name}, batch {args.batch}, W4A4, {torch.get_num_threads()} threads")
         print(f"{'method':14s} {'s/step':>8s} {'x erm':>6s}  vs base")

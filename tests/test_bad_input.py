@@ -12,6 +12,8 @@ import qatbench
 from qatbench.cli import main
 from tests.conftest import TINY_SUITE, run_cli, write_suite
 
+ALL_METHODS = "asam, dorefa, erm, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, pact, sagm, sam"
+
 
 def _fails_with_one_line(capsys, argv) -> str:
     code = main(argv)
@@ -27,7 +29,7 @@ def _fails_with_one_line(capsys, argv) -> str:
     [
         (
             "methods[1].name=lsqq",
-            "--set methods[1].name: unknown method 'lsqq' (did you mean 'lsq'?); allowed: asam, dorefa, erm, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, pact, sagm, sam",
+            "--set methods[1].name: unknown method 'lsqq' (did you mean 'lsq'?); allowed: " + ALL_METHODS,
         ),
         (
             "datasets[0].name=RotatedMNST",
@@ -125,7 +127,7 @@ def test_a_bad_suite_in_a_fresh_process_prints_no_traceback(tmp_path):
     result = run_cli("run", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"qatbench: error: {path}: methods[1].name: unknown method 'lqs' (did you mean 'lsq'?); allowed: asam, dorefa, erm, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, pact, sagm, sam"
+        f"qatbench: error: {path}: methods[1].name: unknown method 'lqs' (did you mean 'lsq'?); allowed: {ALL_METHODS}"
     )
 
 

@@ -1,9 +1,9 @@
 """The method zoo, each method's defining update checked against a hand computation.
 
 Every expected value here is computed in the test with plain torch.autograd on explicit copies
-of the weights (`_grad_at`), never by calling the method's own helpers. The methods run with SGD,
-momentum 0, no weight decay and a constant schedule, so one step is w <- w - lr * d exactly and
-the update direction d the method used is (w_before - w_after) / lr.
+of the weights (`_mlp_grad_at`, `Reference.grad_at`), never by calling the method's own helpers.
+The methods run with SGD, momentum 0, no weight decay and a constant schedule, so one step is
+w <- w - lr * d exactly and the update direction d the method used is (w_before - w_after) / lr.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ TOL = {"rtol": 1e-8, "atol": 1e-10}
 # ----------------------------------------------------------------------------------- helpers
 
 
-def _mlp(seed: int = 0, widths: tuple[int, ...] = (3, 4, 2)) -> nn.Sequential:
+def _mlp(seed: int = 0, widths: tuple[int, ...] = (3, 4, 2), bias: bool = True) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
+        layers += [nn.Linear(a, b, bias=bias)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
     return nn.Sequential(*layers).double()
 
 
@@ -94,10 +94,11 @@ class Reference:
 
 
 def _mlp_grad_at(values, x, y):
-    """Loss and gradient of the 3-4-2 MLP, its forward written out by hand."""
-    w1, b1, w2, b2 = [v.detach().clone().requires_grad_(True) for v in values]
+    """Loss and gradient of the 3-4-2 MLP (with biases or without), its forward written out by hand."""
+    leaves = [v.detach().clone().requires_grad_(True) for v in values]
+    w1, b1, w2, b2 = leaves if len(leaves) == 4 else (leaves[0], None, leaves[1], None)
     loss = F.cross_entropy(F.linear(F.relu(F.linear(x, w1, b1)), w2, b2), y)
-    return loss.detach(), list(torch.autograd.grad(loss, [w1, b1, w2, b2]))
+    return loss.detach(), list(torch.autograd.grad(loss, leaves))
 
 
 def _params(model: nn.Module) -> list[nn.Parameter]:
@@ -161,9 +162,8 @@ def test_sam_steps_from_w_along_the_gradient_at_w_plus_rho_g_over_norm_g():
     assert _far(_add(w, g_p, -LR), _add(_add(w, e), g_p, -LR))
 
 
-def test_asam_perturbation_is_rho_t2_g_over_norm_tg_with_t_abs_w_plus_eta():
-    rho, eta = 0.5, 0.01
-    model = _mlp()
+def _asam_update(bias: bool, rho: float = 0.5, eta: float = 0.01):
+    model = _mlp(bias=bias)
     x, y = _data()
     w = _snapshot(model)
     method = _build("asam", model, {"rho": rho, "eta": eta})
@@ -171,16 +171,32 @@ def test_asam_perturbation_is_rho_t2_g_over_norm_tg_with_t_abs_w_plus_eta():
     ascent = method.ascent
     method.ascent = lambda weights, grads: seen.append(ascent(weights, grads)) or seen[-1]
     method.update(_envs(x, y))
+    return model, x, y, w, seen[0]
 
+
+def test_asam_perturbation_is_rho_t2_g_over_norm_tg_with_t_abs_w_plus_eta():
+    rho, eta = 0.5, 0.01
+    model, x, y, w, e_used = _asam_update(bias=False, rho=rho, eta=eta)  # weights only: no convention on biases
     _, g = _mlp_grad_at(w, x, y)
     t = [wi.abs() + eta for wi in w]
     tg_norm = _gnorm([ti * gi for ti, gi in zip(t, g)])
     e = [rho * ti * ti * gi / tg_norm for ti, gi in zip(t, g)]
     _, g_p = _mlp_grad_at(_add(w, e), x, y)
-    assert _close(seen[0], e)
-    assert _gnorm([ei / ti for ei, ti in zip(seen[0], t)]) == pytest.approx(rho, rel=1e-9)  # ||T^-1 e|| = rho
+    assert _close(e_used, e)
+    assert _gnorm([ei / ti for ei, ti in zip(e_used, t)]) == pytest.approx(rho, rel=1e-9)  # ||T^-1 e|| = rho
     assert _close(_direction(w, model), g_p)
+    assert _close(_params(model), _add(w, g_p, -LR))
     assert _far(g_p, _mlp_grad_at(_add(w, [rho * gi / _gnorm(g) for gi in g]), x, y)[1])  # differs from SAM's
+    assert _far(e, [rho * ti * gi / tg_norm for ti, gi in zip(t, g)])  # T^2, not T
+
+
+def test_asam_leaves_biases_unnormalised_as_samsunglabs_asam_does():
+    rho, eta = 0.5, 0.01
+    _, x, y, w, e_used = _asam_update(bias=True, rho=rho, eta=eta)
+    _, g = _mlp_grad_at(w, x, y)
+    t = [wi.abs() + eta if wi.dim() > 1 else torch.ones_like(wi) for wi in w]  # W1, b1, W2, b2
+    tg_norm = _gnorm([ti * gi for ti, gi in zip(t, g)])
+    assert _close(e_used, [rho * ti * ti * gi / tg_norm for ti, gi in zip(t, g)])
 
 
 # ----------------------------------------------------------------------------------- BN statistics
@@ -232,14 +248,8 @@ def test_sagm_direction_is_the_mean_of_g_and_the_gradient_at_w_plus_rho_over_nor
 
 def test_sagm_defaults_are_the_official_pacs_values():
     hp = METHODS.get("sagm").HParams()
-    assert (hp.optimizer, hp.lr, hp.weight_decay, hp.rho, hp.alpha, hp.smooth_weight) == (
-        "adam",
-        3e-5,
-        1e-4,
-        0.05,
-        0.001,
-        0.5,
-    )
+    official = {"optimizer": "adam", "lr": 3e-5, "weight_decay": 1e-4, "rho": 0.05, "alpha": 0.001}
+    assert {k: getattr(hp, k) for k in official} == official and hp.smooth_weight == 0.5
 
 
 # ----------------------------------------------------------------------------------- GAM
@@ -274,7 +284,8 @@ def test_gam_direction_is_the_four_pass_formula_of_its_docstring():
 
 
 def _hand_lsq_update(model, w, x, y, *, rho, alpha, perturb, combine):
-    """The direction of lsq_sam ("sam") or lsq_sagm ("sagm") on a quantized model, by hand."""
+    """The perturbation e and the direction of lsq_sam ("sam") or lsq_sagm ("sagm") on a quantized
+    model, by hand: the ranges move only with perturb="weights_and_steps"."""
     ref = Reference(model)
     steps = {n for n, _ in model.named_parameters() if n.endswith((".step", ".offset", ".alpha"))}
     moves = [perturb == "weights_and_steps" or n not in steps for n in ref.names]
@@ -282,9 +293,8 @@ def _hand_lsq_update(model, w, x, y, *, rho, alpha, perturb, combine):
     scale = rho / _gnorm([gi for gi, m in zip(g, moves) if m]) - alpha
     e = [scale * gi if m else torch.zeros_like(gi) for gi, m in zip(g, moves)]
     _, g_p = ref.grad_at(_add(w, e), x, y)
-    if combine == "sam":
-        return g, g_p, g_p
-    return g, g_p, [0.5 * (a + b) for a, b in zip(g, g_p)]
+    d = g_p if combine == "sam" else [0.5 * (a + b) for a, b in zip(g, g_p)]
+    return g, g_p, d, e
 
 
 @pytest.mark.parametrize("name", ["lsq_sam", "lsq_sagm"])
@@ -296,16 +306,35 @@ def test_lsq_sharpness_methods_perturb_step_sizes_only_when_asked(name):
     expected = {}
     for perturb in ("weights", "weights_and_steps"):
         model = _quantized_mlp(spec=QuantSpec(4, 4, first_last="same"))
-        step_ids = {id(p) for p in step_parameters(model)}
-        is_step = [id(p) in step_ids for p in _params(model)]
-        assert sum(is_step) == 4
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        is_step = [n.endswith(".step") for n in names]
+        assert sum(is_step) == 4 and {id(p) for p in step_parameters(model)} == {
+            id(p) for p, s in zip(_params(model), is_step) if s
+        }
         w = _snapshot(model)
+        seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}  # each parameter's value at every forward
+        hooks = [
+            module.register_forward_pre_hook(
+                lambda m, a, p=p, log=seen[f"{prefix}.{leaf}"]: log.append(p.detach().clone())
+            )
+            for prefix, module in model.named_modules()
+            for leaf, p in module.named_parameters(recurse=False)
+        ]
         method = _build(name, model, {"rho": rho, "perturb": perturb, **extra}, quant=QuantSpec(4, 4))
         assert method.effective_hparams()["perturb"] == perturb
         method.update(_envs(x, y))
-        _, _, d = _hand_lsq_update(
+        for hook in hooks:
+            hook.remove()
+        _, _, d, e = _hand_lsq_update(
             model, w, x, y, rho=rho, alpha=alpha, perturb=perturb, combine=name.removeprefix("lsq_")
         )
+        for n, wi, ei, step in zip(names, w, e, is_step):
+            at_w, at_perturbed = seen[n]  # two passes: at w, at w + e
+            assert torch.equal(at_w, wi)
+            if step and perturb == "weights":
+                assert torch.equal(at_perturbed, wi)  # the step sizes stay where they were
+            else:
+                assert torch.allclose(at_perturbed, wi + ei, **TOL) and not torch.equal(at_perturbed, wi)
         got = _direction(w, model)
         assert _close(got, d, rtol=1e-7, atol=1e-9)
         expected[perturb] = [di for di, s in zip(d, is_step) if s]
@@ -439,10 +468,16 @@ def test_gaqat_freezes_steady_step_sizes_every_k_steps_permanently_and_drops_onl
 
 
 @pytest.mark.parametrize(
-    "disorder, frozen", [("flips", [True, True, False, True]), ("conflict", [True, False, True, False])]
+    "disorder, tau, frozen",
+    [
+        ("flips", 0.3, [True, True, False, True]),
+        ("conflict", 0.3, [True, False, True, False]),
+        ("conflict", 0.5, [True, False, True, False]),  # D < tau: 0.5 is not below 0.5
+        ("conflict", 0.51, [True, False, True, True]),
+    ],
 )
-def test_gaqat_disorder_flips_of_the_task_sign_or_conflict_with_the_smoothness_sign(disorder, frozen):
-    method, params, where = _gaqat(window=4, every=4, tau=0.3, disorder=disorder)
+def test_gaqat_disorder_flips_of_the_task_sign_or_conflict_with_the_smoothness_sign(disorder, tau, frozen):
+    method, params, where = _gaqat(window=4, every=4, tau=tau, disorder=disorder)
     for t in range(4):
         alt = 1 if t % 2 == 0 else -1
         # 0: steady, agree; 1: steady, disagree; 2: alternating, agree; 3: steady, smoothness alternating
@@ -451,6 +486,15 @@ def test_gaqat_disorder_flips_of_the_task_sign_or_conflict_with_the_smoothness_s
     expected = {"flips": [0.0, 0.0, 1.0, 0.0], "conflict": [0.0, 1.0, 0.0, 0.5]}[disorder]
     assert method.last_disorder == expected
     assert method.frozen == frozen
+
+
+def test_gaqat_judges_only_full_windows():
+    method, params, where = _gaqat(window=4, every=2, tau=0.5)
+    for t in range(1, 7):
+        g, g_p = _synthetic(params, where, [1, 1, 1, 1], [1, 1, 1, 1], seed=t)
+        method.combine(params, g, g_p)
+        assert all(method.frozen) == (t >= 4)  # step 2 is a review step, but its window is half empty
+    assert set(method.frozen_at.values()) == {4}
 
 
 def test_gaqat_update_moves_frozen_step_sizes_along_half_the_smoothness_gradient_only():
@@ -462,7 +506,7 @@ def test_gaqat_update_moves_frozen_step_sizes_along_half_the_smoothness_gradient
     assert all(method.frozen) and len(method.frozen_at) == 4
     w = _snapshot(method.model)
     method.update(_envs(x, y))
-    g, g_p, _ = _hand_lsq_update(method.model, w, x, y, rho=rho, alpha=alpha, perturb="weights", combine="sagm")
+    g, g_p, _, _ = _hand_lsq_update(method.model, w, x, y, rho=rho, alpha=alpha, perturb="weights", combine="sagm")
     expected = [0.5 * (b - a) if i in where else 0.5 * (a + b) for i, (a, b) in enumerate(zip(g, g_p))]
     assert _close(_direction(w, method.model), expected, rtol=1e-7, atol=1e-9)
     assert _far([expected[i] for i in where], [0.5 * (g[i] + g_p[i]) for i in where], 1e-6)
@@ -562,7 +606,7 @@ def test_fqat_update_on_a_quantized_model_leaves_the_frozen_layer_as_freeze_says
     method.update(_envs(x, y))
     assert len(method.frozen_now) == 1
     frozen = set(index[method.frozen_now[0]])
-    g, g_p, _ = _hand_lsq_update(method.model, w, x, y, rho=rho, alpha=alpha, perturb="weights", combine="sagm")
+    g, g_p, _, _ = _hand_lsq_update(method.model, w, x, y, rho=rho, alpha=alpha, perturb="weights", combine="sagm")
     got = _direction(w, method.model)
     for i, (a, b) in enumerate(zip(g, g_p)):
         if i not in frozen:

@@ -33,7 +33,6 @@ from qatbench.methods.disorder import Disorder, SignHistory
 from qatbench.methods.erm import LsqRecipe
 from qatbench.methods.registry import METHODS
 from qatbench.methods.sagm import LsqSagmHParams, SagmUpdate
-from qatbench.methods.sharpness import dot
 from qatbench.quant import QuantConv2d, QuantLinear
 
 
@@ -52,9 +51,10 @@ def unstable_layers(disorder: torch.Tensor, margin: float, max_frozen: float) ->
     limit = int(max_frozen * disorder.numel())
     if limit == 0 or disorder.numel() < 2:
         return []
-    threshold = disorder.mean() + margin * disorder.std()
-    order = torch.argsort(disorder, descending=True)[:limit]
-    return [int(i) for i in order if disorder[i] > threshold]
+    threshold = float(disorder.mean() + margin * disorder.std())
+    values = disorder.tolist()  # one transfer; the decision is made on the host
+    order = sorted(range(len(values)), key=lambda i: -values[i])[:limit]
+    return [i for i in order if values[i] > threshold]
 
 
 @METHODS.register(
@@ -75,34 +75,45 @@ class FQAT(LsqRecipe, SagmUpdate):
         ]
         device = self.layer_params[0][0].device
         self.history = SignHistory(self.hparams.window, len(self.layer_names), device)
-        self.previous_signs: list[list[torch.Tensor]] | None = None
+        self.previous_signs: torch.Tensor | None = None
         self.frozen_now: list[int] = []
         self.frozen_counts = [0] * len(self.layer_names)
         self.steps_taken = 0
 
+    def _layout(self, params: list) -> None:
+        """Where each layer's parameters sit in `params`, and which layer each element of their
+        concatenation belongs to (so per-layer sums are one index_add, not a loop of kernels)."""
+        position = {id(p): i for i, p in enumerate(params)}
+        self._index = [[position[id(p)] for p in layer] for layer in self.layer_params]
+        self._order = [i for idx in self._index for i in idx]
+        device = params[self._order[0]].device
+        sizes = torch.tensor([sum(params[i].numel() for i in idx) for idx in self._index], device=device)
+        self._layer_of = torch.repeat_interleave(torch.arange(len(self._index), device=device), sizes)
+        self._sizes = sizes.to(params[self._order[0]].dtype)
+
+    def _per_layer_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(self._index), dtype=values.dtype, device=values.device).index_add_(
+            0, self._layer_of, values
+        )
+
+    def _concat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tensors[i].reshape(-1) for i in self._order])
+
     def layer_disorder(self, g: list[torch.Tensor], g_flat: list[torch.Tensor], d: list[torch.Tensor]) -> torch.Tensor:
-        """This step's value of the disorder metric for every layer (index lists into params)."""
+        """This step's value of the disorder metric for every layer."""
         if self.hparams.disorder == "conflict":
-            return torch.stack(
-                [(dot([g[i] for i in idx], [g_flat[i] for i in idx]) < 0).float() for idx in self._index]
-            )
-        signs = [[d[i].sign() for i in idx] for idx in self._index]
+            return (self._per_layer_sum(self._concat(g) * self._concat(g_flat)) < 0).float()
+        signs = self._concat(d).sign()
         if self.previous_signs is None:
-            values = torch.zeros(len(self._index), device=d[0].device)
+            values = torch.zeros(len(self._index), device=signs.device)
         else:
-            values = torch.stack(
-                [
-                    sum((now != before).sum() for now, before in zip(layer, old, strict=True))
-                    / sum(s.numel() for s in layer)
-                    for layer, old in zip(signs, self.previous_signs, strict=True)
-                ]
-            )
+            values = self._per_layer_sum((signs != self.previous_signs).to(self._sizes.dtype)) / self._sizes
         self.previous_signs = signs
         return values
 
     def combine(self, params: list, g: list[torch.Tensor], g_p: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        position = {id(p): i for i, p in enumerate(params)}
-        self._index = [[position[id(p)] for p in layer] for layer in self.layer_params]
+        if not hasattr(self, "_index"):
+            self._layout(params)
         w = self.hparams.smooth_weight
         g_flat = [b - a for a, b in zip(g, g_p, strict=True)]
         d: list[torch.Tensor | None] = [a + w * f for a, f in zip(g, g_flat, strict=True)]

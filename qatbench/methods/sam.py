@@ -4,7 +4,8 @@
   Improving Generalization", ICLR 2021 (arXiv:2010.01412); update as in davda54/sam.
 - asam: Kwon, Kim, Park, Choi, "ASAM: Adaptive Sharpness-Aware Minimization for
   Scale-Invariant Learning of Deep Neural Networks", ICML 2021 (arXiv:2102.11600); the
-  perturbation is scaled by T_w = |w| + eta (SamsungLabs/ASAM; rho 2.0 as davda54/sam's example).
+  perturbation is scaled by T_w = |w| + eta on weights and 1 on biases (SamsungLabs/ASAM; rho 2.0
+  as davda54/sam's example).
 - lsq_sam: SAM's objective on an LSQ-quantized model with LSQ's optimiser recipe, the
   "flatness + QAT directly" baseline.
 
@@ -78,7 +79,8 @@ class SharpnessAware(ERM):
         moving = perturbed_parameters(self.model, self.perturb)
         index = {id(p): i for i, p in enumerate(params)}
         loss, g = loss_and_grads(self.model, x, y, params)
-        e = self.ascent([p.detach() for p in moving], [g[index[id(p)]] for p in moving])
+        with torch.no_grad():
+            e = self.ascent(moving, [g[index[id(p)]] for p in moving])
         with moved(moving, e), bn_statistics_frozen(self.model):
             perturbed_loss, g_p = loss_and_grads(self.model, x, y, params)
         self.descend(params, self.combine(params, g, g_p))
@@ -100,7 +102,10 @@ class ASAM(SharpnessAware):
     HParams = AsamHParams
 
     def ascent(self, weights: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        t = [w.abs() + self.hparams.eta for w in weights]
+        # SamsungLabs/ASAM normalises parameters named `weight` only; biases and BN shifts keep T = 1
+        if not hasattr(self, "_is_weight"):
+            self._is_weight = {id(p): name.endswith("weight") for name, p in self.model.named_parameters()}
+        t = [w.abs() + self.hparams.eta if self._is_weight[id(w)] else torch.ones_like(w) for w in weights]
         scale = self.hparams.rho / (norm([ti * g for ti, g in zip(t, grads, strict=True)]) + EPS)
         return [ti * ti * g * scale for ti, g in zip(t, grads, strict=True)]
 
