@@ -84,3 +84,27 @@ def test_quant_overrides_on_a_full_precision_method_are_one_line_exit_2(tmp_path
         f"qatbench: error: {path}: methods[0].quant: method 'erm' trains in full precision; "
         "`quant` applies to QAT methods only"
     ]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("methods[1]={name: gaqat, hparams: {window: 1}}", "--set methods[1]: window must be >= 2, got 1"),
+        ("methods[1]={name: fqat, hparams: {max_frozen: 2}}", "--set methods[1]: max_frozen must be >= 0.0 and <= 1.0"),
+        ("methods[1]={name: lsq_sam, hparams: {rho: -0.1}}", "--set methods[1]: rho must be >= 0.0, got -0.1"),
+        (
+            "methods[1]={name: fqat, hparams: {freeze: all}}",
+            "--set methods[1]: hparam 'freeze': Input should be 'layer', 'flat' or 'task'",
+        ),
+        ("training.compile=maybe", "--set training.compile: compile must be true, false or 'auto', got 'maybe'"),
+        ("quant.quantizer=int4", "--set quant.quantizer: Input should be 'lsq', 'lsq_plus', 'pact' or 'dorefa'"),
+    ],
+)
+def test_bad_new_settings_are_one_line_at_load(tmp_path, capsys, override, message):
+    from qatbench.cli import main
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(TINY_SUITE)
+    assert main(["run", str(path), "--dry-run", "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"qatbench: error: {message}"), err

@@ -123,7 +123,11 @@ def resolve_hparams(hparams_cls: type, given: dict[str, Any], blame: Callable[[l
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         key = [p for p in error["loc"] if isinstance(p, str)][:1]
-        raise UserError(f"{blame(key)}: {error['msg']} (got {error.get('input')!r})") from None
+        if not key and "error" in error.get("ctx", {}):  # a range check of the hparams' own __post_init__
+            raise UserError(f"{blame(key)}: {error['ctx']['error']}") from None
+        where = blame(key)
+        named = "" if not key or where.endswith(key[0]) else f"hparam '{key[0]}': "  # --set methods[1]={...}
+        raise UserError(f"{where}: {named}{error['msg']} (got {error.get('input')!r})") from None
     return asdict(value)
 
 

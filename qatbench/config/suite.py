@@ -97,6 +97,12 @@ class ModelEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+def _check_compile(value: Any) -> Any:
+    if value in ("auto",) or isinstance(value, bool):
+        return value
+    raise ValueError(f"compile must be true, false or 'auto', got {value!r}")
+
+
 class TrainingConfig(_Strict):
     steps: int = Field(default=5000, ge=0)  # DomainBed / SAGM: 5,000 steps
     batch_size: int = Field(default=32, ge=1)  # per training environment, DomainBed's default
@@ -104,7 +110,7 @@ class TrainingConfig(_Strict):
     eval_batch_size: int = Field(default=256, ge=1)
     # torch.compile the model: "auto" does it for runs of 1,000 steps or more, which repay the
     # compilation (about a minute on 2 CPU cores); same numbers up to float rounding
-    compile: bool | Literal["auto"] = "auto"
+    compile: Annotated[bool | Literal["auto"], BeforeValidator(_check_compile)] = "auto"
 
 
 class QuantConfig(_Strict):

@@ -68,6 +68,17 @@ class Method:
         self.model.eval()
 
 
+def require(hparams: Any, name: str, low: float | None = None, high: float | None = None) -> None:
+    """A range check for an hparams dataclass's `__post_init__`: suites are validated against the
+    dataclass, so a value out of range is the user's one-line error at load, not a failed run."""
+    value = getattr(hparams, name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = " and ".join(
+            x for x in (f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "") if x
+        )
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+
+
 def concat(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor]:
     """All environments' minibatches as one batch (methods that ignore domain labels)."""
     return torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches])

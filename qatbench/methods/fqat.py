@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 
+from qatbench.methods.base import require
 from qatbench.methods.disorder import Disorder, SignHistory
 from qatbench.methods.erm import LsqRecipe
 from qatbench.methods.registry import METHODS
@@ -43,6 +44,11 @@ class FqatHParams(LsqSagmHParams):
     margin: float = 1.0  # RECONSTRUCTION: unstable = more than one std above the layers' mean
     max_frozen: float = 0.25  # RECONSTRUCTION: at most a quarter of the layers frozen in one step
     freeze: Literal["layer", "flat", "task"] = "layer"  # RECONSTRUCTION: what a frozen layer drops
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "window", low=2)
+        require(self, "max_frozen", low=0.0, high=1.0)
 
 
 def unstable_layers(disorder: torch.Tensor, margin: float, max_frozen: float) -> list[int]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from qatbench.methods.base import require
 from qatbench.methods.disorder import Disorder, SignHistory, conflict_rate, flip_rate
 from qatbench.methods.erm import LsqRecipe
 from qatbench.methods.registry import METHODS
@@ -40,6 +41,12 @@ class GaqatHParams(LsqSagmHParams):
     every: int = 20  # K, RECONSTRUCTION
     tau: float = 0.3  # tau, RECONSTRUCTION
     disorder: Disorder = "flips"  # RECONSTRUCTION: flips of sign(g_task); "conflict": sign(g_task) != sign(g_smooth)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "window", low=2)
+        require(self, "every", low=1)
+        require(self, "tau", low=0.0, high=1.0)
 
 
 @METHODS.register(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qatbench.methods.base import require
 from qatbench.methods.erm import ErmHParams, LsqHParams, LsqRecipe
 from qatbench.methods.registry import METHODS
 from qatbench.methods.sam import SharpnessAware
@@ -36,6 +37,9 @@ class SagmHParams(ErmHParams):
     alpha: float = 0.001  # SAGM README, PACS
     smooth_weight: float = 0.5  # SAGM code: d = g + 0.5 (g_p - g)
 
+    def __post_init__(self):
+        require(self, "rho", low=0.0)
+
 
 @dataclass(frozen=True)
 class LsqSagmHParams(LsqHParams):
@@ -43,6 +47,9 @@ class LsqSagmHParams(LsqHParams):
     alpha: float = 0.001  # SAGM README, PACS
     smooth_weight: float = 0.5  # SAGM code
     perturb: Perturb = "weights"  # qatbench: latent weights only; "weights_and_steps" moves step sizes too
+
+    def __post_init__(self):
+        require(self, "rho", low=0.0)
 
 
 class SagmUpdate(SharpnessAware):

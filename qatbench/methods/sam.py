@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from qatbench.methods.base import Minibatches, concat
+from qatbench.methods.base import Minibatches, concat, require
 from qatbench.methods.erm import ERM, ErmHParams, LsqHParams, LsqRecipe
 from qatbench.methods.registry import METHODS
 from qatbench.methods.sharpness import (
@@ -45,17 +45,26 @@ from qatbench.methods.sharpness import (
 class SamHParams(ErmHParams):
     rho: float = 0.05  # Foret et al. 2021; davda54/sam default
 
+    def __post_init__(self):
+        require(self, "rho", low=0.0)
+
 
 @dataclass(frozen=True)
 class AsamHParams(ErmHParams):
     rho: float = 2.0  # davda54/sam example for ASAM, "as suggested by its authors"
     eta: float = 0.01  # Kwon et al. 2021, T_w = |w| + eta (SamsungLabs/ASAM)
 
+    def __post_init__(self):
+        require(self, "rho", low=0.0)
+
 
 @dataclass(frozen=True)
 class LsqSamHParams(LsqHParams):
     rho: float = 0.05  # Foret et al. 2021
     perturb: Perturb = "weights"  # qatbench: latent weights only; "weights_and_steps" moves step sizes too
+
+    def __post_init__(self):
+        require(self, "rho", low=0.0)
 
 
 class SharpnessAware(ERM):
