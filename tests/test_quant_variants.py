@@ -468,9 +468,9 @@ def test_dorefa_signed_activation_values():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"quantizer": "pact", "w_symmetric": False}, "w_symmetric apply to the lsq quantizer only, not 'pact'"),
-        ({"quantizer": "dorefa", "grad_scale": "tensor"}, "grad_scale apply to the lsq quantizer only"),
-        ({"quantizer": "lsq_plus", "a_init": "one"}, "a_init apply to the lsq quantizer only, not 'lsq_plus'"),
+        ({"quantizer": "pact", "w_symmetric": False}, "w_symmetric applies to the lsq quantizer only, not 'pact'"),
+        ({"quantizer": "dorefa", "grad_scale": "tensor"}, "grad_scale applies to the lsq quantizer only"),
+        ({"quantizer": "lsq_plus", "a_init": "one"}, "a_init applies to the lsq quantizer only, not 'lsq_plus'"),
         ({"grad_scale": "bogus"}, "grad_scale must be one of"),
         ({"a_init": "zero"}, "a_init must be one of"),
         ({"quantizer": "apot"}, "quantizer must be one of"),
@@ -629,7 +629,7 @@ def test_bad_method_quant_combination_is_exit_2_and_one_line_in_a_fresh_process(
     result = run_cli("run", str(path), "--dry-run")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"qatbench: error: {path}: methods[1].quant: w_symmetric apply to the lsq quantizer only, not 'pact' "
+        f"qatbench: error: {path}: methods[1].quant: w_symmetric applies to the lsq quantizer only, not 'pact' "
         f"(method 'lsq' uses quantizer 'pact')"
     )
 
@@ -653,13 +653,13 @@ def test_bad_method_quant_combination_is_exit_2_and_one_line_in_a_fresh_process(
 def test_bad_quant_combination_names_where_and_the_key(capsys, tmp_path, entry, quant, where, key):
     path = _suite(tmp_path, entry, quant)
     err = _one_line_error(capsys, ["run", str(path), "--dry-run"])
-    assert err.startswith(f"qatbench: error: {path}: {where}: {key} apply to the lsq quantizer only")
+    assert err.startswith(f"qatbench: error: {path}: {where}: {key} applies to the lsq quantizer only")
 
 
 def test_bad_quant_combination_from_set_blames_the_override(capsys, tmp_path):
     path = _suite(tmp_path, LSQ_ENTRY, "quant: {a_init: one}\n")
     err = _one_line_error(capsys, ["run", str(path), "--dry-run", "--set", "methods[1].quant.quantizer=dorefa"])
-    assert err.startswith("qatbench: error: --set methods[1].quant.quantizer: a_init apply to the lsq quantizer only")
+    assert err.startswith("qatbench: error: --set methods[1].quant.quantizer: a_init applies to the lsq quantizer only")
 
 
 @pytest.mark.parametrize(
@@ -715,3 +715,11 @@ def test_new_methods_use_their_quantizer(tmp_path, method):
 
     specs = api.expand(api.load_suite(_suite(tmp_path, f"  - name: {method}\n")))
     assert {spec.quant.quantizer for spec in specs if spec.quant is not None} == {method}
+
+
+def test_symmetric_lsq_state_dict_keys_are_those_of_before_the_switches():
+    # model.pt files written before asymmetric weights existed must load strictly
+    state = quantize_model(build_model("small_cnn", (1, 28, 28), 10, {}), QuantSpec(4, 4)).state_dict()
+    assert not any(key.endswith("zero_point") for key in state)
+    asymmetric = quantize_model(build_model("small_cnn", (1, 28, 28), 10, {}), QuantSpec(4, 4, w_symmetric=False))
+    assert any(key.endswith("w_quant.zero_point") for key in asymmetric.state_dict())

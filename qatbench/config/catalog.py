@@ -21,6 +21,10 @@ class Catalog(Protocol):
         """QuantSpec fields the method fixes (the `pact` method needs the `pact` quantizer)."""
         ...
 
+    def method_quantizers(self, name: str) -> tuple[str, ...] | None:
+        """The quantizers the method can train (None: any)."""
+        ...
+
     def method_hparams(self, name: str) -> type:
         """The frozen dataclass of the method's hyperparameters (defaults = paper values)."""
         ...

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from qatbench.config.catalog import Catalog
-from qatbench.config.spec import QuantSpec, RunSpec, parse_bits
+from qatbench.config.spec import LSQ_ONLY_DEFAULTS, QuantSpec, RunSpec, parse_bits
 from qatbench.config.suite import DatasetEntry, MethodEntry, Suite
 from qatbench.errors import UserError, allowed_list, did_you_mean
 
@@ -52,6 +52,8 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
         labels[label] = i
     if suite.parent is not None:
         _check_method(suite.parent, catalog, blame, ["parent"])
+        if suite.parent.quant.model_dump(exclude_none=True):
+            raise UserError(f"{blame(['parent', 'quant'])}: the parent trains in full precision; it takes no `quant`")
         if catalog.method_kind(suite.parent.name) != "fp":
             raise UserError(
                 f"{blame(['parent', 'name'])}: the parent of QAT runs must be a full-precision method, "
@@ -72,12 +74,12 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
 
 def quant_fields(suite: Suite, entry: MethodEntry, catalog: Catalog) -> dict[str, Any]:
     """The QuantSpec fields of a QAT entry: the suite's `quant`, then what the method fixes, then
-    the entry's own `quant`."""
-    return {
-        **suite.quant.model_dump(),
-        **catalog.method_quant(entry.name),
-        **entry.quant.model_dump(exclude_none=True),
-    }
+    the entry's own `quant`. The suite's LSQ-only switches do not reach a method that fixes
+    another quantizer (a suite comparing LSQ conventions may also hold `pact`)."""
+    shared = suite.quant.model_dump()
+    if catalog.method_quant(entry.name).get("quantizer", "lsq") != "lsq":
+        shared.update(LSQ_ONLY_DEFAULTS)
+    return {**shared, **catalog.method_quant(entry.name), **entry.quant.model_dump(exclude_none=True)}
 
 
 def _check_quant(suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry: Blame, blame: Blame) -> None:
@@ -88,6 +90,13 @@ def _check_quant(suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry
                 f"{blame_entry(['quant', key])}: method '{entry.name}' needs {key} '{value}', got '{given}'"
             )
     fields = quant_fields(suite, entry, catalog)
+    allowed = catalog.method_quantizers(entry.name)
+    if allowed is not None and fields["quantizer"] not in allowed:
+        where = blame_entry(["quant", "quantizer"]) if entry.quant.quantizer else blame(["quant", "quantizer"])
+        raise UserError(
+            f"{where}: method '{entry.name}' trains the quantizers {allowed_list(list(allowed))}, "
+            f"not '{fields['quantizer']}'"
+        )
     try:
         QuantSpec(w_bits=4, a_bits=4, **fields)
     except ValueError as exc:

@@ -21,6 +21,7 @@ QUANTIZERS = ("lsq", "lsq_plus", "pact", "dorefa")
 FIRST_RELEASE = ("w_bits", "a_bits", "quantizer", "w_per_channel", "first_last")  # always in run ids
 GRAD_COUNTS = ("layer", "tensor")
 A_INITS = ("batch", "one")
+LSQ_ONLY_DEFAULTS = {"w_symmetric": True, "grad_scale": "layer", "a_init": "batch"}  # switches of `lsq` only
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -53,10 +54,10 @@ class QuantSpec:
         for name, allowed in (("quantizer", QUANTIZERS), ("grad_scale", GRAD_COUNTS), ("a_init", A_INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        lsq_only = {"w_symmetric": True, "grad_scale": "layer", "a_init": "batch"}
-        changed = [name for name, default in lsq_only.items() if getattr(self, name) != default]
+        changed = [name for name, default in LSQ_ONLY_DEFAULTS.items() if getattr(self, name) != default]
         if self.quantizer != "lsq" and changed:
-            raise ValueError(f"{', '.join(changed)} apply to the lsq quantizer only, not {self.quantizer!r}")
+            verb = "applies" if len(changed) == 1 else "apply"
+            raise ValueError(f"{', '.join(changed)} {verb} to the lsq quantizer only, not {self.quantizer!r}")
 
     @property
     def label(self) -> str:

@@ -28,6 +28,7 @@ class Method:
     kind: ClassVar[str] = "fp"  # "fp": trains float models; "qat": trains quantized ones from an FP parent
     HParams: ClassVar[type]
     quant_fixed: ClassVar[Mapping[str, Any]] = {}  # QuantSpec fields the method needs ({"quantizer": "pact"})
+    quantizers_allowed: ClassVar[tuple[str, ...] | None] = None  # None: any quantizer
     needs_teacher: ClassVar[bool] = False  # the runner hands over the frozen FP parent as `teacher`
 
     def __init__(

@@ -3,10 +3,11 @@
 
 GAQAT's reviews describe disorder as "the number of direction flips of the gradient over n
 training steps"; neither paper's formula could be read (shared/papers.md 2-3), so the two
-definitions below are reconstructions and the choice is an hparam:
+definitions below (GAQAT's, per step size) are reconstructions and the choice is an hparam:
 - "flips": the fraction of consecutive steps in the window whose recorded sign differs;
 - "conflict": the fraction of steps in the window whose two recorded signs (task and
   flatness gradient) differ.
+FQAT's per-layer metrics of the same names are defined in fqat.py; both use SignHistory.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qatbench.methods.base import Minibatches, concat
+from qatbench.methods.base import Minibatches, concat, require
 from qatbench.methods.erm import ERM, ErmHParams
 from qatbench.methods.registry import METHODS
 from qatbench.methods.sharpness import EPS, bn_statistics_frozen, dot, loss_and_grads, moved, norm, scaled, trainable
@@ -34,6 +34,12 @@ class GamHParams(ErmHParams):
     grad_beta_0: float = 0.1  # xxgege/GAM CIFAR-10 ResNet
     grad_beta_1: float = 0.1  # xxgege/GAM CIFAR-10 ResNet
     grad_gamma: float = 0.05  # xxgege/GAM CIFAR-10 ResNet
+
+    def __post_init__(self):
+        for name in ("grad_norm_rho", "grad_rho", "grad_gamma"):
+            require(self, name, low=0.0)
+        for name in ("grad_beta_0", "grad_beta_1"):
+            require(self, name, low=0.0, high=1.0)
 
 
 @METHODS.register(

@@ -46,7 +46,7 @@ class GaqatHParams(LsqSagmHParams):
         super().__post_init__()
         require(self, "window", low=2)
         require(self, "every", low=1)
-        require(self, "tau", low=0.0, high=1.0)
+        require(self, "tau", low=0.0)  # above 1: every step size freezes at the first review
 
 
 @METHODS.register(
@@ -56,6 +56,7 @@ class GaqatHParams(LsqSagmHParams):
 )
 class GAQAT(LsqRecipe, SagmUpdate):
     HParams = GaqatHParams
+    quantizers_allowed = ("lsq", "lsq_plus")  # the quantizers with learnable step sizes
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from qatbench.methods.base import Minibatches, concat
+from qatbench.methods.base import Minibatches, concat, require
 from qatbench.methods.erm import ERM, LsqHParams, LsqRecipe
 from qatbench.methods.registry import METHODS
 
@@ -28,6 +28,10 @@ from qatbench.methods.registry import METHODS
 class KdHParams(LsqHParams):
     temperature: float = 4.0  # common choice; Hinton et al. used 2-20
     alpha: float = 0.9  # weight of the soft term; common choice
+
+    def __post_init__(self):
+        require(self, "temperature", low=0.01)
+        require(self, "alpha", low=0.0, high=1.0)
 
 
 def distillation_loss(

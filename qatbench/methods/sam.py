@@ -56,6 +56,7 @@ class AsamHParams(ErmHParams):
 
     def __post_init__(self):
         require(self, "rho", low=0.0)
+        require(self, "eta", low=0.0)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class SharpnessAware(ERM):
         return {"loss": loss.item(), "perturbed_loss": perturbed_loss.item()}
 
     def effective_hparams(self) -> dict[str, Any]:
+        if self.quant is None:  # a float model has nothing but weights to perturb
+            return super().effective_hparams()
         return {**super().effective_hparams(), "perturb": self.perturb}
 
 

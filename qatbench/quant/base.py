@@ -1,10 +1,11 @@
 """What every fake quantizer shares: lazy initialisation from the first tensor it sees, and a
 sign decided by that tensor for inputs that may or may not follow a ReLU.
 
-A quantizer's learnable range parameters are of two kinds, and optimisers treat them apart:
-`range_parameters()` are step sizes and offsets (LSQ, LSQ+), never weight-decayed because decay
-would pull the range to zero; `decayed_parameters()` are clipping levels that their paper
-regularises with L2 (PACT's alpha).
+A quantizer's learnable range parameters are of two kinds: `range_parameters()` are step sizes
+and offsets (LSQ, LSQ+), which optimisers never weight-decay because decay would pull the range
+to zero (`qatbench.methods.optim.param_groups`) and whose gradients GAQAT watches;
+`decayed_parameters()` are clipping levels their paper regularises with L2 like the weights
+(PACT's alpha), which is what `param_groups` does with every other parameter.
 """
 
 from __future__ import annotations

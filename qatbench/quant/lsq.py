@@ -99,7 +99,8 @@ class LsqQuantizer(FakeQuantizer):
         self.symmetric = symmetric
         shape = (channels,) if per_channel else ()
         self.step = nn.Parameter(torch.ones(shape))
-        self.register_buffer("zero_point", torch.zeros(shape))
+        if not symmetric:  # only then: state_dicts of symmetric quantizers keep their keys
+            self.register_buffer("zero_point", torch.zeros(shape))
 
     def range_parameters(self) -> list[nn.Parameter]:
         return [self.step]

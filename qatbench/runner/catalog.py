@@ -20,6 +20,9 @@ class RegistryCatalog:
     def method_quant(self, name: str) -> dict:
         return dict(METHODS.get(name).quant_fixed)
 
+    def method_quantizers(self, name: str) -> tuple[str, ...] | None:
+        return METHODS.get(name).quantizers_allowed
+
     def method_hparams(self, name: str) -> type:
         return METHODS.get(name).HParams
 

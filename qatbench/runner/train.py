@@ -229,7 +229,9 @@ def should_compile(spec: RunSpec, device: torch.device) -> bool:
 
 def _first_compiled_update(method, minibatches) -> tuple[dict[str, float], bool]:
     """The first step compiles; where torch.compile cannot work (no C++ compiler, an operator
-    it does not support), the run goes on in eager mode, with the same numbers, and says so."""
+    it does not support), the run goes on in eager mode from the same state, and says so. (A
+    later recompilation, such as the first evaluation in eval mode, is not covered.)"""
+    before = copy.deepcopy(method.model.state_dict())  # a pass may have run before the failing one
     try:
         return method.update(minibatches), True
     except Exception as exc:
@@ -237,6 +239,7 @@ def _first_compiled_update(method, minibatches) -> tuple[dict[str, float], bool]
             raise
         log.warning("torch.compile failed (%s); training in eager mode", str(exc).splitlines()[0][:200])
         method.model._compiled_call_impl = None  # undo nn.Module.compile
+        method.model.load_state_dict(before)  # BN statistics as they were: the step runs once
         return method.update(minibatches), False
 
 
