@@ -57,8 +57,8 @@ class SagmUpdate(SharpnessAware):
         return scaled(grads, self.hparams.rho / (norm(grads) + EPS) - self.hparams.alpha)
 
     def combine(self, params: list, g: list[torch.Tensor], g_p: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        w = self.hparams.smooth_weight
-        return [task + w * (perturbed - task) for task, perturbed in zip(g, g_p, strict=True)]
+        smooth = torch._foreach_sub(g_p, g)  # one kernel per list, not per parameter
+        return list(torch._foreach_add(g, smooth, alpha=self.hparams.smooth_weight))
 
 
 @METHODS.register(

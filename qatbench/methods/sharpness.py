@@ -47,7 +47,7 @@ def loss_and_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: S
 
 def norm(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
     """The global L2 norm of a list of tensors, as one vector (SAM: over all parameters)."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in vectors]))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(vectors))))
 
 
 def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -55,7 +55,7 @@ def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def scaled(vectors: Sequence[torch.Tensor], scale: torch.Tensor | float) -> list[torch.Tensor]:
-    return [v * scale for v in vectors]
+    return list(torch._foreach_mul(list(vectors), scale))
 
 
 @contextlib.contextmanager
