@@ -32,6 +32,7 @@ from qatbench.quant import (
     step_parameters,
 )
 from tests.conftest import TINY_SUITE, run_cli, write_suite
+from tests.test_config import _spec
 
 # the small CNN's Conv2d/Linear layers by their Sequential index: stem, three middle convs, classifier
 STEM, MIDDLE, CLASSIFIER = "0", ("3", "6", "9"), "14"
@@ -498,20 +499,7 @@ FIRST_RELEASE_IDENTITY = {"w_bits": 4, "a_bits": 4, "quantizer": "lsq", "w_per_c
 
 
 def _run(quant: QuantSpec) -> RunSpec:
-    return RunSpec(
-        method="lsq",
-        dataset="RotatedMNIST",
-        test_envs=(0,),
-        model="small_cnn",
-        seed=0,
-        steps=10,
-        batch_size=32,
-        eval_every=5,
-        data_seed=0,
-        holdout_fraction=0.2,
-        hparams={"lr": 0.01},
-        quant=quant,
-    )
+    return _spec(quant=quant)
 
 
 def test_identity_omits_new_fields_at_their_defaults():
