@@ -70,9 +70,13 @@ class ERM(Method):
     def _weight_decay(self) -> float:
         return self.hparams.weight_decay
 
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss one step minimises (subclasses that only change the loss override this)."""
+        return F.cross_entropy(self.model(x), y)
+
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         x, y = concat(minibatches)
-        loss = F.cross_entropy(self.model(x), y)
+        loss = self.objective(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

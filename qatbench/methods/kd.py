@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from qatbench.methods.base import Minibatches, concat, require
+from qatbench.methods.base import require
 from qatbench.methods.erm import ERM, LsqHParams, LsqRecipe
 from qatbench.methods.registry import METHODS
 
@@ -55,16 +55,10 @@ class KD(LsqRecipe, ERM):
             raise ValueError("kd needs the full-precision parent as its teacher")
         self.teacher.eval().requires_grad_(False)
 
-    def update(self, minibatches: Minibatches) -> dict[str, float]:
-        x, y = concat(minibatches)
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = self.teacher(x)
-        loss = distillation_loss(self.model(x), teacher_logits, y, self.hparams.temperature, self.hparams.alpha)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.schedule.step()
-        return {"loss": loss.item()}
+        return distillation_loss(self.model(x), teacher_logits, y, self.hparams.temperature, self.hparams.alpha)
 
     def train(self) -> None:
         super().train()
