@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Literal, Protocol
 
-MethodKind = Literal["fp", "qat"]
+MethodKind = Literal["fp", "qat", "checkpoint"]
 
 
 class Catalog(Protocol):

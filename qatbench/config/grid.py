@@ -7,12 +7,13 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from qatbench.config.catalog import Catalog
+from qatbench.config.checkpoints import check_architecture, checkpoint_files, checkpoint_quant, file_sha256
 from qatbench.config.spec import LSQ_ONLY_DEFAULTS, QuantSpec, RunSpec, parse_bits
 from qatbench.config.suite import DatasetEntry, MethodEntry, Suite
 from qatbench.errors import UserError, allowed_list, did_you_mean
@@ -28,7 +29,20 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
     for i, entry in enumerate(suite.methods):
         hparams = _check_method(entry, catalog, blame, ["methods", i])
         quant = None
-        if catalog.method_kind(entry.name) == "qat":
+        kind = catalog.method_kind(entry.name)
+        if kind == "checkpoint":
+            for file in checkpoint_files(entry, suite.seeds, lambda loc, i=i: blame(["methods", i, *loc])):
+                for model in suite.models:
+                    check_architecture(file, model.name, lambda loc, i=i: blame(["methods", i, *loc]))
+            quant = repr(entry.checkpoint)
+        else:
+            for key in ("checkpoint", "bits"):
+                if getattr(entry, key) is not None:
+                    raise UserError(
+                        f"{blame(['methods', i, key])}: `{key}` belongs to entries of method 'checkpoint', "
+                        f"not '{entry.name}'"
+                    )
+        if kind == "qat" or (kind == "checkpoint" and (entry.bits or "FP") != "FP"):
             _check_quant(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame)
             quant = sorted(quant_fields(suite, entry, catalog).items())
         elif entry.quant.model_dump(exclude_none=True):
@@ -263,11 +277,15 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         eval_every=suite.training.eval_every,
                         eval_batch_size=suite.training.eval_batch_size,
                         compile=suite.training.compile,
+                        analysis=suite.analysis,
                         suite=suite.name,
                     )
                     steps = suite.training.steps
                     fp_parent = _spec(parent, catalog, common, steps, quant=None, parent=None)
                     for method in suite.methods:
+                        if catalog.method_kind(method.name) == "checkpoint":
+                            specs += _checkpoint_spec(suite, method, catalog, common, seed)
+                            continue
                         if catalog.method_kind(method.name) == "fp":
                             specs.append(_spec(method, catalog, common, steps, quant=None, parent=None))
                             continue
@@ -275,6 +293,18 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                             quant = QuantSpec(w_bits, a_bits, **quant_fields(suite, method, catalog))
                             specs.append(_spec(method, catalog, common, steps, quant=quant, parent=fp_parent))
     return _unique(specs)
+
+
+def _checkpoint_spec(suite: Suite, entry: MethodEntry, catalog: Catalog, common: dict, seed: int) -> list[RunSpec]:
+    """The evaluation of the checkpoint this seed owns (none when one file serves the first seed only)."""
+    files = checkpoint_files(entry, suite.seeds, lambda loc: "suite")
+    position = suite.seeds.index(seed)
+    if position >= len(files):
+        return []
+    file = files[position]
+    quant = checkpoint_quant(file, entry, quant_fields(suite, entry, catalog), lambda loc: "suite")
+    spec = _spec(entry, catalog, common, 0, quant=quant, parent=None)
+    return [replace(spec, steps=0, hparams={"sha256": file_sha256(file)}, checkpoint=str(file))]
 
 
 def _spec(entry: MethodEntry, catalog: Catalog, common: dict, default_steps: int, *, quant, parent) -> RunSpec:

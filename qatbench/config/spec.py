@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import PurePath
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from qatbench.config.analysis import AnalysisConfig
 
 FirstLast = Literal["8bit", "fp", "same"]
 FIRST_LAST_CHOICES = ("8bit", "fp", "same")
@@ -120,6 +123,10 @@ class RunSpec:
     label: str = field(default="", compare=False)
     eval_batch_size: int = field(default=256, compare=False)
     compile: bool | str = field(default="auto", compare=False)  # torch.compile: True, False or "auto"
+    analysis: AnalysisConfig | None = field(default=None, compare=False)  # what to measure once trained
+    checkpoint: str | None = field(
+        default=None, compare=False
+    )  # method `checkpoint`: the file (its hash is in hparams)
 
     def __post_init__(self):
         object.__setattr__(self, "test_envs", tuple(self.test_envs))

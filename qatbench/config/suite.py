@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from qatbench.config.analysis import AnalysisConfig
 from qatbench.config.spec import A_INITS, FIRST_LAST_CHOICES, GRAD_COUNTS, MAX_BITS, MIN_BITS, QUANTIZERS, parse_bits
 from qatbench.errors import UserError, allowed_list, did_you_mean
 
@@ -56,6 +57,10 @@ class MethodEntry(_Strict):
     hparams: dict[str, Any] = Field(default_factory=dict)
     steps: int | None = Field(default=None, ge=0)  # overrides training.steps for this method
     quant: QuantOverrides = Field(default_factory=QuantOverrides)  # overrides the suite's quant section
+    # method `checkpoint` only: a model trained elsewhere, evaluated (and analysed) like a run. One
+    # file, or one per seed of the suite; a qatbench model.pt brings its QuantSpec in its record.json
+    checkpoint: str | list[str] | None = None
+    bits: Annotated[str, AfterValidator(lambda b: b.upper() if b.upper() == "FP" else _check_bits(b))] | None = None
 
 
 def _check_test_envs(value: Any) -> Any:
@@ -137,6 +142,7 @@ class Suite(_Strict):
     # the full-precision run a QAT method starts from; default: the suite's `erm` entry
     parent: MethodEntry | None = None
     data_root: str | None = None
+    analysis: AnalysisConfig | None = None  # sharpness analyses of every finished run
 
     _as_entries = field_validator("datasets", "models", "methods", mode="before")(
         lambda value: [_name_only(v) for v in value] if isinstance(value, list) else value

@@ -11,9 +11,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from qatbench.config import RunSpec
-from qatbench.data import build_dataset
+from qatbench.data import build_dataset, split_environments
+from qatbench.models import build_model
+from qatbench.quant import quantize_model
 from qatbench.runner import store
-from qatbench.runner.train import run_one
+from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
+from qatbench.runner.train import analyze_after, run_one
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +58,39 @@ def check_data(specs: list[RunSpec], data_root: Path | None) -> None:
             build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
 
 
+def check_analysis(specs: list[RunSpec], data_root: Path | None) -> None:
+    """What would fail every run's analysis alike fails now, in one line: a subset larger than
+    its data, a checkpoint that does not fit its architecture."""
+    seen = set()
+    for spec in specs:
+        sizes = [spec.analysis.subset, *(cut.subset for cut in spec.analysis.landscape)] if spec.analysis else []
+        key = (spec.dataset, repr(sorted(spec.dataset_options.items())), spec.test_envs, spec.data_seed, tuple(sizes))
+        if sizes and key not in seen:
+            seen.add(key)
+            dataset = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
+            splits = split_environments(dataset, spec.holdout_fraction, spec.data_seed)
+            pool = subset_pool(dataset, splits, spec.test_envs, spec.analysis.split)
+            check_subset_size(len(pool), max(sizes), spec.analysis.split, dataset.name, spec.test_envs)
+        if spec.checkpoint:
+            dataset = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
+            model = build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
+            load_weights(quantize_model(model, spec.quant) if spec.quant else model, Path(spec.checkpoint))
+
+
 def run_specs(
     specs: list[RunSpec], results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
 ) -> SweepSummary:
     summary = SweepSummary()
     planned = plan(specs)
-    check_data([s for s in planned if not store.is_finished(store.run_dir(results, s.suite, s.run_id))], data_root)
+    pending = [s for s in planned if not store.is_finished(store.run_dir(results, s.suite, s.run_id))]
+    check_data(pending, data_root)
+    check_analysis(planned, data_root)
     for spec in tqdm(planned, desc="runs", unit="run", disable=not progress):
         folder = store.run_dir(results, spec.suite, spec.run_id)
         if store.is_finished(folder):
-            summary.records.append(store.read_record(folder))
+            record = store.read_record(folder)
+            record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+            summary.records.append(record)
             summary.reused += 1
             continue
         summary.records.append(run_one(spec, results, data_root=data_root, device=device, progress=progress))

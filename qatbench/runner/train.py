@@ -35,6 +35,7 @@ from qatbench.methods import METHODS
 from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
 from qatbench.runner import store
+from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
 from qatbench.runner.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,25 @@ def run_one(
     record["finished_at"] = _now()
     record = store.flatten(record)
     store.write_json(folder / store.RECORD, record)
-    return record
+    return analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+
+
+def analyze_after(
+    folder: Path, spec: RunSpec, record: dict[str, Any], *, data_root, device, progress: bool
+) -> dict[str, Any]:
+    """The suite's analyses of a finished run that lacks them. A failing analysis is written into
+    the record (`analysis.error`) and leaves the run's own results as they are."""
+    if not needs_analysis(record, spec.analysis):
+        return record
+    try:
+        return analyze_run(folder, spec.analysis, data_root=data_root, device=resolve_device(device), progress=progress)
+    except Exception as exc:  # noqa: BLE001  (an analysis failure is data, not a crash)
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log.warning("analysis of run %s failed: %s", spec.run_id, message)
+        record = {**(store.read_record(folder) or record), "analysis.error": message}
+        (folder / store.ERROR_LOG).write_text(traceback.format_exc())
+        store.write_json(folder / store.RECORD, record)
+        return record
 
 
 def describe(spec: RunSpec) -> dict[str, Any]:
@@ -98,6 +117,7 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "dataset_options": dict(spec.dataset_options),
             "model_options": dict(spec.model_options),
             "parent_run_id": spec.parent.run_id if spec.parent else None,
+            "checkpoint": {"path": spec.checkpoint, "sha256": spec.hparams.get("sha256")} if spec.checkpoint else {},
             "curve_file": store.CURVE,
             "versions": {
                 "qatbench": qatbench.__version__,
@@ -154,6 +174,9 @@ def _train(
     if spec.quant is not None:
         model = quantize_model(model, spec.quant)
         calibrate(model, calibration_batch(dataset, splits, train_envs, spec, device).to(device))
+    if spec.checkpoint is not None:  # trained elsewhere: its weights (and step sizes) replace all of the above
+        load_weights(model, Path(spec.checkpoint))
+        model = model.to(device)
     method = method_class(
         model, dataset.num_classes, spec.hparams, teacher=teacher, quant=spec.quant, total_steps=spec.steps
     )
