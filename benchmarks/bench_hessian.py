@@ -58,19 +58,21 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch:
     return model.eval()
 
 
-def trained_model(name: str, x: torch.Tensor, y: torch.Tensor, steps: int, tag: str) -> nn.Module:
-    """`name` trained for `steps` SGD steps on (x, y), read from benchmarks/.cache/ when there."""
+def trained_model(name: str, images: int, steps: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+    """`name` trained for `steps` SGD steps on `images` images (read from benchmarks/.cache/ when
+    there), with those images: (model in eval mode, x, y, what the data is)."""
+    x, y, what = load_images(images)
     model = build_model(name, (3, SIZE, SIZE), CLASSES, {})
-    path = CACHE / f"{name}-{tag}-{steps}steps.pt"
+    path = CACHE / f"{name}-{'pacs' if what.startswith('PACS') else 'random'}{images}-{steps}steps.pt"
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
+        return model.eval(), x, y, what
     torch.manual_seed(0)
     train(model, x, y, steps, batch=128)
     CACHE.mkdir(exist_ok=True)
-    (CACHE / ".gitignore").write_text("*\n")  # the cache ignores itself
+    (CACHE / ".gitignore").write_text("*\n")  # the cache ignores itself (the repository's .gitignore does not)
     torch.save(model.state_dict(), path)
-    return model
+    return model, x, y, what
 
 
 def w4a4(model: nn.Module, x: torch.Tensor) -> nn.Module:

@@ -1,4 +1,4 @@
-"""`qatbench run | report | list`: argument parsing only; every command calls the Python API.
+"""`qatbench run | analyze | eval | report | list`: argument parsing only; every command calls the Python API.
 
 Mistakes in the input end in one line on stderr and exit code 2, never a traceback.
 """
@@ -72,10 +72,81 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="also write the report into this folder")
     report.set_defaults(command=cmd_report)
 
+    analyze = commands.add_parser(
+        "analyze", help="Hessian and loss-landscape analyses of finished runs (or of a checkpoint file)"
+    )
+    analyze.add_argument("path", help="a run folder, a suite's results folder (every run in it), or a checkpoint .pt")
+    analyze.add_argument("--suite", help="take the `analysis:` section (and, for a .pt, dataset and model) from here")
+    analyze.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    analyze.add_argument("--results", default="results", help="for a .pt: results folder (default: results)")
+    analyze.add_argument("--figures", help="also draw the analysis figures into this folder")
+    _common(analyze)
+    analyze.set_defaults(command=cmd_analyze)
+
+    evaluate = commands.add_parser("eval", help="evaluate (and analyse) a checkpoint trained elsewhere, as a run")
+    evaluate.add_argument("checkpoint", help="a qatbench model.pt, or a plain state_dict of --model")
+    evaluate.add_argument("--dataset", required=True, help="dataset name (qatbench list datasets)")
+    evaluate.add_argument("--test-envs", default=None, help="test environments: indices or names, comma-separated")
+    evaluate.add_argument("--model", help="architecture (default: the one in the record beside a qatbench model.pt)")
+    evaluate.add_argument("--bits", default=None, help="W4A4 etc. for a plain quantized state_dict (default: FP)")
+    evaluate.add_argument("--suite", help="take `analysis:`, quant and data settings from this suite file")
+    evaluate.add_argument("--name", default="eval", help="suite name the run is filed under (default: eval)")
+    evaluate.add_argument("--results", default="results", help="results folder (default: results)")
+    _common(evaluate)
+    evaluate.set_defaults(command=cmd_eval)
+
     listing = commands.add_parser("list", help="what can be named in a suite")
     listing.add_argument("what", choices=["methods", "datasets", "models"])
     listing.set_defaults(command=cmd_list)
     return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="folder holding the datasets (default: $QATBENCH_DATA)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (also: QATBENCH_QUIET=1)")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from qatbench.runner import analysis_api
+
+    quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
+    lines = analysis_api.analyze(
+        args.path,
+        suite=args.suite,
+        overrides=args.overrides,
+        results=args.results,
+        data_root=args.data_root,
+        device=args.device,
+        figures=args.figures,
+        progress=not quiet,
+    )
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from qatbench.runner import analysis_api
+
+    quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
+    summary = analysis_api.evaluate_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        test_envs=args.test_envs,
+        model=args.model,
+        bits=args.bits,
+        suite=args.suite,
+        name=args.name,
+        results=args.results,
+        data_root=args.data_root,
+        device=args.device,
+        progress=not quiet,
+    )
+    print(summary.line())
+    for record in summary.records:
+        shown = {k: record.get(k) for k in ("id_acc", "ood_acc", "hessian.top_eigenvalue", "hessian.trace")}
+        print(f"{record.get('run_id')}  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items() if v is not None))
+    return 1 if summary.counts.get("failed") else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

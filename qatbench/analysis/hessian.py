@@ -77,8 +77,8 @@ def top_eigenvalues(
     extra: int = 0,
     extra_tol: float = 1e-2,
 ) -> Eigen:
-    """The k largest eigenvalues and their eigenvectors, each within `tol` (relative, by the
-    residual bound) unless `max_steps` products run out first (then `converged` is False).
+    """The k largest eigenvalues and their eigenvectors, each within `tol` (relative: the pair's
+    residual over |theta|) unless `max_steps` products run out first (then `converged` is False).
     `extra` more pairs come along at the looser `extra_tol`: enough to deflate a trace with."""
     start = torch.randn(op.dim, generator=_generator(seed), dtype=torch.float64).to(op.dtype).to(op.device)
     before = op.products
@@ -94,7 +94,7 @@ def top_eigenvalues(
         vectors=vectors,
         error_bounds=[float(b) for b in bounds[:n]],
         products=op.products - before,
-        converged=bool(np.all(bounds[:k] <= tol * np.abs(theta[:k]))) or tri.betas[-1] <= 1e-10,
+        converged=bool(np.all(residuals[:k] <= tol * np.abs(theta[:k]))) or tri.betas[-1] <= 1e-10,
     )
 
 

@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from qatbench.analysis.operator import Batch
+from qatbench.analysis.operator import Batch, modes_kept
 from qatbench.records import atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
@@ -93,32 +93,32 @@ class SurfaceEvaluator:
     @torch.no_grad()
     def evaluate(self, points: Sequence[Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss and accuracy at each point; several points share one vmapped forward."""
-        was_training = self.model.training
-        self.model.train(self.bn == "batch")
-        try:
-            loss = torch.zeros(len(points), dtype=torch.float64)
-            correct = torch.zeros(len(points), dtype=torch.float64)
-            if len(points) == 1:
-                params = self.parameters_at(points[0])
-                per_point = lambda x: self._call(params, x).unsqueeze(0)  # noqa: E731
-            else:
-                stacked = [self.parameters_at(p) for p in points]
-                params = {n: torch.stack([s[n] for s in stacked]) for n in self.names}
-                per_point = lambda x: vmap(self._call, in_dims=(0, None))(params, x)  # noqa: E731
-            for x, y in self.batches:
-                logits = per_point(x)  # (points, batch, classes)
-                targets = y.expand(len(points), -1)
-                loss += (
-                    F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-                    .view(len(points), -1)
-                    .sum(1)
-                    .double()
-                    .cpu()
-                )
-                correct += (logits.argmax(-1) == targets).sum(1).double().cpu()
-            return loss / self.n, correct / self.n
-        finally:
-            self.model.train(was_training)
+        with modes_kept(self.model):
+            self.model.train(self.bn == "batch")
+            return self._evaluate(points)
+
+    def _evaluate(self, points: Sequence[Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = torch.zeros(len(points), dtype=torch.float64)
+        correct = torch.zeros(len(points), dtype=torch.float64)
+        if len(points) == 1:
+            params = self.parameters_at(points[0])
+            per_point = lambda x: self._call(params, x).unsqueeze(0)  # noqa: E731
+        else:
+            stacked = [self.parameters_at(p) for p in points]
+            params = {n: torch.stack([s[n] for s in stacked]) for n in self.names}
+            per_point = lambda x: vmap(self._call, in_dims=(0, None))(params, x)  # noqa: E731
+        for x, y in self.batches:
+            logits = per_point(x)  # (points, batch, classes)
+            targets = y.expand(len(points), -1)
+            loss += (
+                F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+                .view(len(points), -1)
+                .sum(1)
+                .double()
+                .cpu()
+            )
+            correct += (logits.argmax(-1) == targets).sum(1).double().cpu()
+        return loss / self.n, correct / self.n
 
 
 def compute_surface(

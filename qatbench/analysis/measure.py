@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from qatbench.analysis import directions as dirs
 from qatbench.analysis import hessian as curvature
 from qatbench.analysis.landscape import Surface, SurfaceEvaluator, compute_surface
-from qatbench.analysis.operator import Batch, HessianOperator, curvature_parameters
+from qatbench.analysis.operator import Batch, HessianOperator, curvature_parameters, modes_kept
 from qatbench.analysis.pyhessian_backend import reference_hessian
 from qatbench.config.analysis import HessianConfig, LandscapeConfig
 
@@ -94,63 +94,66 @@ def hessian(
     """Top eigenvalues, trace (± standard error, per layer) and density of the loss Hessian
     w.r.t. the weights on `batches`, the model in eval mode, quantizer step sizes held fixed."""
     config = config or HessianConfig()
-    was_training = model.training
     started = time.time()
-    try:
-        if config.backend == "pyhessian":
-            op_loss = _mean_loss(model.eval(), batches, loss_fn)
-            _check_finite(op_loss)
-            values = reference_hessian(model, batches, config, loss_fn, seed)
-            return HessianResult(
-                backend="pyhessian", loss=op_loss, time_s=time.time() - started, trace_deflated=0, **values
+    with modes_kept(model):
+        try:
+            return _hessian(model, batches, config, loss_fn, seed, started)
+        finally:
+            model.zero_grad(set_to_none=True)
+
+
+def _hessian(model, batches, config: HessianConfig, loss_fn, seed: int, started: float) -> HessianResult:
+    if config.backend == "pyhessian":
+        op_loss = _mean_loss(model.eval(), batches, loss_fn)
+        _check_finite(op_loss)
+        values = reference_hessian(model, batches, config, loss_fn, seed)
+        return HessianResult(
+            backend="pyhessian", loss=op_loss, time_s=time.time() - started, trace_deflated=0, **values
+        )
+    op = HessianOperator(model, batches, loss_fn, cache_graph=config.cache_graph)
+    loss = op.loss()
+    _check_finite(loss)
+    deflate = config.deflate if config.trace else 0
+    eigen = curvature.top_eigenvalues(
+        op,
+        config.top_k,
+        tol=config.tol,
+        max_steps=config.max_steps,
+        seed=seed,
+        extra=max(deflate - config.top_k, 0),
+    )
+    result = HessianResult(
+        backend="fast",
+        loss=loss,
+        eigenvalues=eigen.values[: config.top_k],
+        eigen_error_bounds=eigen.error_bounds[: config.top_k],
+        eigen_products=eigen.products,
+        eigen_converged=eigen.converged,
+        top_vector=eigen.vectors[0].detach(),
+    )
+    if config.trace:
+        pairs = None
+        if deflate:
+            pairs = curvature.Eigen(
+                eigen.values[:deflate], eigen.vectors[:deflate], eigen.error_bounds[:deflate], 0, eigen.converged
             )
-        op = HessianOperator(model, batches, loss_fn, cache_graph=config.cache_graph)
-        loss = op.loss()
-        _check_finite(loss)
-        deflate = config.deflate if config.trace else 0
-        eigen = curvature.top_eigenvalues(
+        estimate = curvature.trace(
             op,
-            config.top_k,
-            tol=config.tol,
-            max_steps=config.max_steps,
-            seed=seed,
-            extra=max(deflate - config.top_k, 0),
+            rel_stderr=config.rel_stderr,
+            min_probes=config.min_probes,
+            max_probes=config.max_probes,
+            deflate=pairs,
+            seed=seed + 1,
         )
-        result = HessianResult(
-            backend="fast",
-            loss=loss,
-            eigenvalues=eigen.values[: config.top_k],
-            eigen_error_bounds=eigen.error_bounds[: config.top_k],
-            eigen_products=eigen.products,
-            eigen_converged=eigen.converged,
-            top_vector=eigen.vectors[0].detach(),
-        )
-        if config.trace:
-            pairs = None
-            if deflate:
-                pairs = curvature.Eigen(
-                    eigen.values[:deflate], eigen.vectors[:deflate], eigen.error_bounds[:deflate], 0, eigen.converged
-                )
-            estimate = curvature.trace(
-                op,
-                rel_stderr=config.rel_stderr,
-                min_probes=config.min_probes,
-                max_probes=config.max_probes,
-                deflate=pairs,
-                seed=seed + 1,
-            )
-            result.trace, result.trace_stderr = estimate.mean, estimate.stderr
-            result.trace_probes, result.trace_products = estimate.probes, estimate.products
-            result.trace_deflated, result.trace_samples = estimate.deflated, estimate.samples
-            result.layer_trace = estimate.layers
-        if config.density:
-            result.density = curvature.density(op, runs=config.density_runs, steps=config.density_steps, seed=seed)
-        op.release()
-        result.time_s = time.time() - started
-        return result
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+        result.trace, result.trace_stderr = estimate.mean, estimate.stderr
+        result.trace_probes, result.trace_products = estimate.probes, estimate.products
+        result.trace_deflated, result.trace_samples = estimate.deflated, estimate.samples
+        result.layer_trace = estimate.layers
+    if config.density:
+        result.density = curvature.density(op, runs=config.density_runs, steps=config.density_steps, seed=seed)
+    op.release()
+    result.time_s = time.time() - started
+    return result
 
 
 @torch.no_grad()
@@ -190,16 +193,16 @@ def landscape(
         axes = [dirs.difference({k: start[k] for k in weights}, weights)]
         coords = [np.linspace(-1.0 - span, span, n)]
     else:
-        if config.direction == "eigenvector":
+        if config.direction == "eigenvector":  # the unit eigenvector itself: its curvature is the eigenvalue
             if eigenvector is None:
                 raise ValueError("an eigenvector landscape needs the top eigenvector (run the Hessian analysis first)")
-            raw = [dirs.from_flat(eigenvector, weights)]
+            axes = [dirs.from_flat(eigenvector, weights)]
         else:
             raw = [
                 dirs.saved_gaussian(directions_folder, model_name, weights, config.seed + k)
                 for k in range(1 if config.kind == "1d" else 2)
             ]
-        axes = [dirs.normalize(d, weights, normalization=config.normalization, ignore=config.ignore) for d in raw]
+            axes = [dirs.normalize(d, weights, normalization=config.normalization, ignore=config.ignore) for d in raw]
         coords = [np.linspace(-span, span, n) for _ in axes]
     evaluator = SurfaceEvaluator(model, batches, weights, axes, bn=config.bn)
     return compute_surface(

@@ -12,6 +12,7 @@ the loss with every rounding offset frozen at its current value.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,17 @@ def curvature_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """Every trainable parameter except the quantizers' own (step sizes, offsets, clip levels)."""
     quantizer_params = {id(p) for m in model.modules() if isinstance(m, FakeQuantizer) for p in m.parameters()}
     return {name: p for name, p in model.named_parameters() if p.requires_grad and id(p) not in quantizer_params}
+
+
+@contextlib.contextmanager
+def modes_kept(model: nn.Module):
+    """Restore every submodule's train/eval flag afterwards (a frozen BN inside a training model stays frozen)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def layer_of(parameter_name: str) -> str:

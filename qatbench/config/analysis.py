@@ -42,13 +42,14 @@ class HessianConfig(_Strict):
 
 class LandscapeConfig(_Strict):
     kind: Literal["1d", "2d"] = "2d"
-    # 2d: two random directions; 1d: random, the top Hessian eigenvector, or the line from the run's
-    # FP parent (alpha = 0) to the run itself (alpha = 1)
+    # 2d: two random directions; 1d: random, the top Hessian eigenvector (unit norm), or the line
+    # through the run's FP parent (alpha = -1) and the run itself (alpha = 0)
     direction: Literal["random", "eigenvector", "interpolation"] = "random"
     grid: int = Field(default=21, ge=3, le=401)  # points per axis
     span: float = Field(default=1.0, gt=0)  # coordinates from -span to span (interpolation: -span..1+span)
-    normalization: Literal["filter", "none"] = "filter"  # Li et al. 2018: each filter scaled to its weights' norm
-    ignore: Literal["biasbn", "none"] = "biasbn"  # Li et al.: bias and BN parameters are not moved
+    # random directions only: Li et al. 2018 scale each filter to its weights' norm, and move no bias or BN
+    normalization: Literal["filter", "none"] = "filter"
+    ignore: Literal["biasbn", "none"] = "biasbn"
     bn: Literal["eval", "batch"] = "eval"  # BN running statistics of the centre, or each batch's own
     seed: int = Field(default=0, ge=0)  # directions are seeded per suite and architecture
     subset: int = Field(default=1024, ge=1)  # evaluation images
@@ -58,6 +59,8 @@ class LandscapeConfig(_Strict):
     def _direction(self):
         if self.kind == "2d" and self.direction != "random":
             raise ValueError(f"a 2d landscape takes direction 'random', got '{self.direction}'")
+        if self.bn == "batch" and self.points_per_forward > 1:
+            raise ValueError("bn 'batch' evaluates one point per forward; set points_per_forward to 1")
         return self
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 from qatbench.errors import UserError, allowed_list, did_you_mean
 from qatbench.report.collect import load_curves, load_records
 from qatbench.report.select import SELECTIONS, Selection
+from qatbench.report.sharpness_table import sharpness_tables
 from qatbench.report.tables import Table, build_tables, to_latex, to_markdown
 
 __all__ = ["SELECTIONS", "Selection", "Table", "build_tables", "load_curves", "load_records", "render"]
@@ -35,7 +36,7 @@ def render(records: pd.DataFrame, format: Format = "md", selection: str = "train
         )
     if records.empty or "status" not in records:
         return "No records found.\n"
-    tables = build_tables(records, SELECTIONS[selection](), load_curves)
+    tables = build_tables(records, SELECTIONS[selection](), load_curves) + sharpness_tables(records)
     body = to_markdown(tables) if format == "md" else to_latex(tables)
     return body + _not_counted(records, format)
 

@@ -30,6 +30,7 @@ class Table:
     n: pd.DataFrame
     caption: str
     notes: list[str] = field(default_factory=list)
+    fmt: str = ".1f"  # accuracies in %; sharpness values need significant digits (".4g")
 
 
 NO_TEST_DOMAIN = "no test domain"  # test_envs: none (I.D. only, e.g. CIFAR without -C)
@@ -130,12 +131,12 @@ def _table(runs: pd.DataFrame, title: str, selection: Selection) -> Table:
     return Table(title, mean, std, n.astype("Int64"), caption)
 
 
-def format_cell(mean: float, std: float, n, n_max: int, pm: str = "±") -> str:
+def format_cell(mean: float, std: float, n, n_max: int, pm: str = "±", fmt: str = ".1f") -> str:
     if pd.isna(mean):
         return "—"
-    text = f"{mean:.1f}"
+    text = f"{mean:{fmt}}"
     if not pd.isna(std):
-        text += f" {pm} {std:.1f}"
+        text += f" {pm} {std:{fmt}}"
     if not pd.isna(n) and int(n) != n_max:
         text += f" (n={int(n)})"
     return text
@@ -146,7 +147,9 @@ def formatted(table: Table, pm: str = "±") -> pd.DataFrame:
     cells = table.mean.copy().astype(object)
     for r in range(cells.shape[0]):
         for c in range(cells.shape[1]):
-            cells.iat[r, c] = format_cell(table.mean.iat[r, c], table.std.iat[r, c], table.n.iat[r, c], n_max, pm)
+            cells.iat[r, c] = format_cell(
+                table.mean.iat[r, c], table.std.iat[r, c], table.n.iat[r, c], n_max, pm, table.fmt
+            )
     return cells
 
 

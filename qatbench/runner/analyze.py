@@ -212,7 +212,7 @@ def _landscape(folder, record, model, cut: LandscapeConfig, batches, digest, nam
     if cut.direction == "interpolation":
         parent = record.get("parent_run_id")
         if not parent:
-            log.warning("%s: an interpolation landscape needs an FP parent; this run has none", folder)
+            log.info("%s: an interpolation landscape needs an FP parent; this run has none", folder)
             return None
         start = torch.load(folder.parent / parent / store.MODEL, map_location=device, weights_only=True)
     if cut.direction == "eigenvector" and top_vector is None:

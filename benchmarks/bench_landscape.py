@@ -1,0 +1,189 @@
+"""Time per point of a 2D loss landscape (`qatbench.analysis.landscape`) against its floor and
+against the naive loop, on a briefly trained CIFAR ResNet-20 (float, and LSQ W4A4), one process.
+
+    python benchmarks/bench_landscape.py [--models float w4a4] [--rounds 3] [--subset 512] [--quick]
+
+Target (sharpness-analysis issue): a 21x21 surface within 1.25x of its floor, 441 forwards of
+the evaluation subset (eval mode, no_grad, forward + cross-entropy + argmax, nothing else), and
+no slower than the naive loop that per point deep-copies the state_dict, adds the two directions
+and loads it (0.99 s a point here in shared/MEASURED.md). `points_per_forward=4` (vmap over grid
+points) is a row too: expected slower on a CPU.
+
+A whole grid would take 7 minutes per variant, so each round times one 21-point row of the grid
+with every variant in turn (so that the machine's load, which others share, hits all alike), and
+the per-point medians over rounds are scaled to 441 points; the one-off set-up (directions,
+filter normalisation, evaluator) is timed apart and added to the qatbench grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from bench_hessian import trained_model, w4a4
+from torch import nn
+from torch.nn import functional as F
+
+from qatbench.analysis import directions as dirs
+from qatbench.analysis.landscape import SurfaceEvaluator, compute_surface
+from qatbench.analysis.operator import curvature_parameters
+
+GRID = 21
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def axes_of(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """The centre weights and two filter-normalised Gaussian directions, as `qatbench.landscape` makes them."""
+    weights = {name: p.detach() for name, p in curvature_parameters(model).items()}
+    axes = [dirs.normalize(dirs.gaussian(weights, seed), weights) for seed in (0, 1)]
+    return weights, axes
+
+
+@torch.no_grad()
+def floor_point(model: nn.Module, batches: Batches) -> tuple[float, float]:
+    """The floor: one evaluation of the subset at the model's own weights, nothing else."""
+    loss = correct = 0.0
+    for x, y in batches:
+        logits = model(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += float((logits.argmax(-1) == y).sum())
+    n = sum(len(y) for _, y in batches)
+    return loss / n, correct / n
+
+
+def naive_point(model: nn.Module, state: dict, axes: list[dict], point: tuple[float, float], batches: Batches):
+    """The loop people write: copy the state_dict, add a*d1 + b*d2, load it, evaluate."""
+    moved = copy.deepcopy(state)
+    for axis, c in zip(axes, point):
+        for name, d in axis.items():
+            moved[name].add_(d, alpha=c)
+    model.load_state_dict(moved)
+    return floor_point(model, batches)
+
+
+def row_points(coords: np.ndarray, row: int) -> list[tuple[float, float]]:
+    return [(float(a), float(coords[row])) for a in coords]
+
+
+def variants(model: nn.Module, batches: Batches) -> dict[str, Callable[[int], None]]:
+    """name -> a function timing one 21-point row (its index) of the grid."""
+    coords = np.linspace(-1.0, 1.0, GRID)
+    weights, axes = axes_of(model)
+    evaluator = SurfaceEvaluator(model, batches, weights, axes, bn="eval")
+    naive_model = copy.deepcopy(model).eval()
+    state = copy.deepcopy(naive_model.state_dict())
+
+    def floor(row: int) -> None:
+        for _ in range(GRID):
+            floor_point(model, batches)
+
+    def naive(row: int) -> None:
+        for point in row_points(coords, row):
+            naive_point(naive_model, state, axes, point, batches)
+
+    def surface(points_per_forward: int) -> Callable[[int], None]:
+        return lambda row: compute_surface(evaluator, [coords, coords[row : row + 1]], points_per_forward=points_per_forward)
+
+    return {"floor": floor, "qatbench": surface(1), "naive load_state_dict": naive, "qatbench vmap x4": surface(4)}
+
+
+def setup_seconds(model: nn.Module, batches: Batches) -> float:
+    """One-off cost of a qatbench surface before its first point: directions, normalisation, evaluator."""
+    t0 = time.perf_counter()
+    weights, axes = axes_of(model)
+    SurfaceEvaluator(model, batches, weights, axes)
+    return time.perf_counter() - t0
+
+
+def time_rows(runs: dict[str, Callable[[int], None]], rounds: int) -> dict[str, float]:
+    """Median seconds per grid point of each variant, one row each in turn per round (rows spread
+    over the grid), after one warm-up point-row of each."""
+    for run in runs.values():
+        run(GRID // 2)
+    rows = np.linspace(0, GRID - 1, rounds).round().astype(int)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for row in rows:
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run(int(row))
+            times[name].append((time.perf_counter() - t0) / GRID)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def check_agreement(model: nn.Module, batches: Batches) -> float:
+    """Largest loss difference between qatbench's surface and the naive loop on a few points."""
+    weights, axes = axes_of(model)
+    evaluator = SurfaceEvaluator(model, batches, weights, axes)
+    naive_model, points = copy.deepcopy(model).eval(), [(0.0, 0.0), (0.5, -0.3), (-1.0, 1.0)]
+    state = copy.deepcopy(naive_model.state_dict())
+    ours = evaluator.evaluate(points)[0].tolist()
+    theirs = [naive_point(naive_model, state, axes, p, batches)[0] for p in points]
+    return max(abs(a - b) for a, b in zip(ours, theirs))
+
+
+def bench(label: str, model: nn.Module, batches: Batches, rounds: int) -> dict:
+    gap = check_agreement(model, batches)
+    setup = setup_seconds(model, batches)
+    per_point = time_rows(variants(model, batches), rounds)
+    floor = per_point["floor"]
+    points = GRID * GRID
+    print(f"\n{label}: seconds per grid point ({rounds} rounds of a {GRID}-point row; set-up {setup:.2f} s)")
+    print(f"{'variant':22s} {'s/point':>8s} {'x floor':>8s} {'21x21 grid s':>13s}")
+    for name, s in per_point.items():
+        grid = s * points + (setup if name.startswith("qatbench") else 0.0)
+        print(f"{name:22s} {s:8.3f} {s / floor:8.2f} {grid:13.1f}")
+    grid_ratio = (per_point["qatbench"] * points + setup) / (floor * points)
+    print(f"max |loss(qatbench) - loss(naive)| on 3 points: {gap:.2e}")
+    return {"label": label, "per_point": per_point, "setup": setup, "grid_vs_floor": grid_ratio, "gap": gap}
+
+
+def summary(rows: list[dict], subset: int, batch: int, what: str) -> str:
+    lines = [
+        f"{datetime.date.today()}, {platform.node()} ({torch.get_num_threads()} threads, torch {torch.__version__}); "
+        f"{GRID}x{GRID} grid, evaluation subset {subset} images of {what} in batches of {batch}:",
+        "",
+        "| model | floor s/pt | qatbench s/pt | grid / floor (target <= 1.25) | naive s/pt | naive / qatbench "
+        "(target >= 1) | vmap x4 / floor |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        p = r["per_point"]
+        lines.append(
+            f"| {r['label']} | {p['floor']:.3f} | {p['qatbench']:.3f} | {r['grid_vs_floor']:.2f} | "
+            f"{p['naive load_state_dict']:.3f} | {p['naive load_state_dict'] / p['qatbench']:.2f} | "
+            f"{p['qatbench vmap x4'] / p['floor']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["float", "w4a4"], choices=["float", "w4a4"])
+    parser.add_argument("--rounds", type=int, default=3, help="timed rows of the grid per variant")
+    parser.add_argument("--subset", type=int, default=512, help="evaluation images")
+    parser.add_argument("--batch", type=int, default=256, help="evaluation batch size")
+    parser.add_argument("--train-steps", type=int, default=300, help="SGD steps of the (cached) ResNet-20")
+    parser.add_argument("--quick", action="store_true", help="small CNN, 64 images, one round: a smoke test")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.quick:
+        args.subset, args.batch, args.rounds, args.train_steps = 64, 32, 1, 20
+    name = "small_cnn" if args.quick else "resnet20"
+    model, x, y, what = trained_model(name, 256 if args.quick else 4096, args.train_steps)
+    batches = [(x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, args.subset, args.batch)]
+    rows = []
+    for label in args.models:
+        chosen = model if label == "float" else w4a4(model, batches[0][0])
+        rows.append(bench(f"{name} {label}", chosen, batches, args.rounds))
+    print("\n" + summary(rows, args.subset, args.batch, what))
+
+
+if __name__ == "__main__":
+    main()
