@@ -12,7 +12,7 @@ import qatbench
 from qatbench.cli import main
 from tests.conftest import TINY_SUITE, run_cli, write_suite
 
-ALL_METHODS = "asam, dorefa, erm, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, pact, sagm, sam"
+ALL_METHODS = "asam, checkpoint, dorefa, erm, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, pact, sagm, sam"
 
 
 def _fails_with_one_line(capsys, argv) -> str:

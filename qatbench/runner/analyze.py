@@ -105,12 +105,14 @@ def check_subset_size(available: int, size: int, split: str, dataset: str, test_
         )
 
 
-def fixed_subset(dataset, splits, test_envs, config: AnalysisConfig, size: int, device, salt: int = 0):
+def fixed_subset(dataset, splits, test_envs, config: AnalysisConfig, size: int, device):
     """`size` examples drawn once (seeded) from the split, as batches on the device, and the
-    hash of their content: two runs measured on the same subset say the same hash."""
+    hash of their content: two runs measured on the same subset say the same hash. Subsets of one
+    seed are nested (the first `size` of one permutation): a landscape on 1,024 images holds the
+    Hessian's 512."""
     pool = subset_pool(dataset, splits, test_envs, config.split)
     check_subset_size(len(pool), size, config.split, dataset.name, test_envs)
-    generator = torch.Generator().manual_seed(config.seed * 7919 + salt)
+    generator = torch.Generator().manual_seed(config.seed)
     index = sorted(torch.randperm(len(pool), generator=generator)[:size].tolist())
     x, y = take(pool, index)
     digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
@@ -161,7 +163,7 @@ def analyze_run(
     landscape_batches = {}
     for cut in config.landscape:  # subset sizes checked before any file is written
         if cut.subset not in landscape_batches:
-            landscape_batches[cut.subset] = fixed_subset(dataset, splits, test_envs, config, cut.subset, device, 1)
+            landscape_batches[cut.subset] = fixed_subset(dataset, splits, test_envs, config, cut.subset, device)
 
     names = {"label": record.get("label"), "method": record.get("method"), "bits": record.get("bits")}
     names["run_id"] = record.get("run_id")
