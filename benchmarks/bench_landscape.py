@@ -89,7 +89,9 @@ def variants(model: nn.Module, batches: Batches) -> dict[str, Callable[[int], No
             naive_point(naive_model, state, axes, point, batches)
 
     def surface(points_per_forward: int) -> Callable[[int], None]:
-        return lambda row: compute_surface(evaluator, [coords, coords[row : row + 1]], points_per_forward=points_per_forward)
+        return lambda row: compute_surface(
+            evaluator, [coords, coords[row : row + 1]], points_per_forward=points_per_forward
+        )
 
     return {"floor": floor, "qatbench": surface(1), "naive load_state_dict": naive, "qatbench vmap x4": surface(4)}
 

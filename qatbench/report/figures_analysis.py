@@ -141,7 +141,8 @@ def landscape_1d_figure(surfaces: Sequence[Surface], metric: str = "loss") -> Fi
         raise ValueError(f"one direction per 1D figure, got {sorted(map(str, directions))}")
     fig = Figure(figsize=(4.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
-    names = _distinct([s.name for s in surfaces], [f"seed {s.meta.get('seed', '?')}" for s in surfaces])
+    tags = [f"{s.meta.get('domain', '?')}, seed {s.meta.get('run_seed', '?')}" for s in surfaces]  # the run's
+    names = _distinct([s.name for s in surfaces], tags)
     for surface, name, color in zip(surfaces, names, sns.color_palette("colorblind", len(surfaces))):
         ax.plot(*curve(surface, metric), color=color, label=name, lw=1.5)
     ax.set_xlabel(_direction_label(surfaces[0].meta))

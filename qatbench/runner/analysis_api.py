@@ -21,7 +21,7 @@ from qatbench.config.suite import apply_override, blame, parse_suite
 from qatbench.data import resolve_data_root
 from qatbench.errors import UserError
 from qatbench.runner import store
-from qatbench.runner.analyze import analyze_run
+from qatbench.runner.analyze import analyze_run, record_options
 from qatbench.runner.api import load_suite, run
 from qatbench.runner.catalog import CATALOG
 from qatbench.runner.sweep import SweepSummary
@@ -153,11 +153,13 @@ def evaluate_checkpoint(
     raw: dict[str, Any] = {
         "name": name,
         "datasets": [{"name": dataset}],
-        "models": [{"name": model, "options": _options(record, "model_options")}],
+        "models": [{"name": model, "options": record_options(record, "model_options")}],
         "methods": [{"name": "checkpoint", "checkpoint": str(checkpoint), **({"bits": bits} if bits else {})}],
     }
     if record is not None:
-        raw["datasets"][0]["options"] = _options(record, "dataset_options") if record["dataset"] == dataset else {}
+        raw["datasets"][0]["options"] = (
+            record_options(record, "dataset_options") if record["dataset"] == dataset else {}
+        )
     if test_envs is not None:
         raw["datasets"][0]["test_envs"] = [[_env_item(t) for t in str(test_envs).split(",") if t.strip()]]
     if suite is not None:
@@ -171,9 +173,3 @@ def evaluate_checkpoint(
     parsed = parse_suite(where, raw, set())
     check_suite(parsed, CATALOG, lambda loc: blame(where, loc, set()))
     return run(parsed, results, data_root=data_root, device=device, progress=progress)
-
-
-def _options(record: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
-    if record is None:
-        return {}
-    return {k.removeprefix(prefix + "."): v for k, v in record.items() if k.startswith(prefix + ".")}

@@ -45,7 +45,9 @@ def quant_of(record: dict[str, Any]) -> QuantSpec | None:
 
 def load_run_model(record: dict[str, Any], weights: Path, dataset, device: torch.device) -> torch.nn.Module:
     """The run's architecture (quantized as it was trained) holding the weights of `weights`."""
-    model = build_model(record["model"], dataset.input_shape, dataset.num_classes, _options(record, "model_options"))
+    model = build_model(
+        record["model"], dataset.input_shape, dataset.num_classes, record_options(record, "model_options")
+    )
     quant = quant_of(record)
     if quant is not None:
         model = quantize_model(model, quant)
@@ -85,8 +87,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def _options(record: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {k.removeprefix(prefix + "."): v for k, v in record.items() if k.startswith(prefix + ".")}
+def record_options(record: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
+    """{'model_options.width': 8} -> {'width': 8}: a record's flat keys under `prefix`, as given."""
+    return {k.removeprefix(prefix + "."): v for k, v in (record or {}).items() if k.startswith(prefix + ".")}
 
 
 def subset_pool(dataset, splits, test_envs, split: str):
@@ -152,7 +155,9 @@ def analyze_run(
         raise UserError(f"{folder}: not a finished run ({state}); only finished runs can be analysed")
     device = torch.device(device)
     started = time.time()
-    dataset = build_dataset(record["dataset"], data_root, record["data_seed"], _options(record, "dataset_options"))
+    dataset = build_dataset(
+        record["dataset"], data_root, record["data_seed"], record_options(record, "dataset_options")
+    )
     splits = split_environments(dataset, record["holdout_fraction"], record["data_seed"])
     test_envs = tuple(record.get("test_envs") or ())
     model = load_run_model(record, folder / store.MODEL, dataset, device)
@@ -167,6 +172,9 @@ def analyze_run(
 
     names = {"label": record.get("label"), "method": record.get("method"), "bits": record.get("bits")}
     names["run_id"] = record.get("run_id")
+    environments = record.get("environments") or []
+    names["domain"] = " + ".join(environments[i] for i in test_envs if i < len(environments)) or "no test domain"
+    names["run_seed"] = record.get("seed")
     updates: dict[str, Any] = {
         "analysis.digest": config.digest(),
         "analysis.subset_n": config.subset,
