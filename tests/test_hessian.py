@@ -521,3 +521,15 @@ def test_non_finite_loss_raises_floating_point_error(qcnn, backend):
         hessian(model, [(x, qcnn.y)], HessianConfig(backend=backend))
     assert model.training
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_batched_products_equal_one_at_a_time_and_batched_probes_give_the_same_trace(net):
+    op = net.operator()
+    vectors = torch.stack([_randn(net.dim, seed) for seed in range(4)])
+    before = op.products
+    batched = op.many(vectors)
+    assert op.products - before == 4  # a batched pass counts every product it makes
+    torch.testing.assert_close(batched, torch.stack([net.H @ v for v in vectors]), rtol=1e-10, atol=1e-12)
+    one = curvature.trace(op, rel_stderr=0.0, max_probes=24, seed=7)
+    eight = curvature.trace(op, rel_stderr=0.0, max_probes=24, seed=7, probes_per_pass=8)
+    assert eight.samples == pytest.approx(one.samples, rel=1e-10) and eight.probes == one.probes == 24

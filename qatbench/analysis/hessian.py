@@ -112,13 +112,15 @@ def trace(
     deflate: Eigen | None = None,
     seed: int = 0,
     check_every: int = 1,
+    probes_per_pass: int = 1,
 ) -> Trace:
     """Hutchinson's estimate of tr(H), per layer too, stopping once its standard error is below
     `rel_stderr` of its magnitude (after at least `min_probes`) or after `max_probes` probes.
 
     With `deflate` (Ritz pairs from `top_eigenvalues`), each probe estimates the trace of
     H - V Theta V^T and sum(Theta) is added back: unbiased whatever the pairs' accuracy, and the
-    spread shrinks by the outliers' share of ||H||_F^2.
+    spread shrinks by the outliers' share of ||H||_F^2. `probes_per_pass` > 1 batches probes
+    through one double backward (`HessianOperator.many`).
     """
     generator = _generator(seed)
     layout = op.layout
@@ -132,17 +134,16 @@ def trace(
         exact_layers = torch.zeros(len(layout.layers), dtype=op.dtype, device=op.device)
     before = op.products
     samples: list[torch.Tensor] = []  # per probe: (layers,) estimates, kept on the device
-    stderr = math.inf
-    total = stack = None
-    for probe in range(1, max_probes + 1):
-        z = rademacher(op.dim, generator, op.dtype, op.device)
-        hz = op(z)
+    while len(samples) < max_probes:
+        count = min(probes_per_pass, max_probes - len(samples))
+        z = torch.stack([rademacher(op.dim, generator, op.dtype, op.device) for _ in range(count)])
+        hz = op.many(z)
         if vectors is not None:  # subtract V Theta V^T z
-            hz = hz - vectors.T @ (theta * (vectors @ z))
-        samples.append(layout.per_layer(z * hz))
-        if probe >= min_probes and (probe % check_every == 0 or probe == max_probes):
-            stack = torch.stack(samples)
-            total = stack.sum(1)
+            hz = hz - ((z @ vectors.T) * theta) @ vectors
+        samples.extend(layout.per_layer(z * hz).unbind(0))
+        probe = len(samples)
+        if probe >= min_probes and (probe // check_every > (probe - count) // check_every or probe == max_probes):
+            total = torch.stack(samples).sum(1)
             mean = exact_total + float(total.mean())
             stderr = float(total.std()) / math.sqrt(probe)
             if stderr <= rel_stderr * abs(mean):

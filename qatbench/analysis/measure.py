@@ -144,6 +144,7 @@ def _hessian(model, batches, config: HessianConfig, loss_fn, seed: int, started:
             max_probes=config.max_probes,
             deflate=pairs,
             seed=seed + 1,
+            probes_per_pass=config.probes_per_pass,
         )
         result.trace, result.trace_stderr = estimate.mean, estimate.stderr
         result.trace_probes, result.trace_products = estimate.probes, estimate.products

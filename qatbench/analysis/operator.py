@@ -87,8 +87,9 @@ class FlatLayout:
         return torch.cat([t.reshape(-1) for t in tensors])
 
     def per_layer(self, flat: torch.Tensor) -> torch.Tensor:
-        """Sums of `flat`'s coordinates within each layer (one index_add, no host sync)."""
-        return torch.zeros(len(self.layers), dtype=flat.dtype, device=flat.device).index_add_(0, self.layer_index, flat)
+        """Sums of `flat`'s coordinates within each layer, along its last axis (one index_add, no host sync)."""
+        out = torch.zeros(*flat.shape[:-1], len(self.layers), dtype=flat.dtype, device=flat.device)
+        return out.index_add_(flat.dim() - 1, self.layer_index, flat)
 
 
 class HessianOperator:
@@ -150,6 +151,35 @@ class HessianOperator:
             flat = self.layout.join([h if h is not None else torch.zeros_like(p) for h, p in zip(hv, params)])
             total = flat if total is None else total + flat
         self.products += 1
+        return total
+
+    def many(self, vectors: torch.Tensor) -> torch.Tensor:
+        """H V for the rows of V in one batched double backward (`is_grads_batched`, vmap inside
+        autograd): one pass over the graph for several probes. Measure before choosing it: on 2
+        CPU cores it was slower than a loop (shared/MEASURED.md); on a GPU it may pay."""
+        if len(vectors) == 1:
+            return self(vectors[0]).unsqueeze(0)
+        params = list(self.params.values())
+        pieces = [
+            piece.reshape(len(vectors), *shape)
+            for piece, shape in zip(torch.split(vectors, self.layout.sizes, dim=1), self.layout.shapes)
+        ]
+        total = None
+        for i, batch in enumerate(self.batches):
+            grads = self._grads[i] if self._grads is not None else self._first_order(batch)
+            hv = torch.autograd.grad(
+                grads, params, grad_outputs=pieces, retain_graph=self.cache_graph, allow_unused=True,
+                is_grads_batched=True,
+            )  # fmt: skip
+            flat = torch.cat(
+                [
+                    (h if h is not None else vectors.new_zeros(len(vectors), p.numel())).reshape(len(vectors), -1)
+                    for h, p in zip(hv, params)
+                ],
+                dim=1,
+            )
+            total = flat if total is None else total + flat
+        self.products += len(vectors)
         return total
 
     def release(self) -> None:

@@ -31,6 +31,7 @@ class HessianConfig(_Strict):
     density: bool = False  # spectral density by stochastic Lanczos quadrature
     density_runs: int = Field(default=1, ge=1)  # PyHessian's n_v
     density_steps: int = Field(default=80, ge=2)  # PyHessian's iter (100); 80 resolve the bulk on ResNets
+    probes_per_pass: int = Field(default=1, ge=1)  # trace probes batched into one double backward (GPU)
     cache_graph: bool = True  # keep each batch's first-order graph (memory: about two forwards per batch)
 
     @model_validator(mode="after")

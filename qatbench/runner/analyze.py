@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
-from qatbench.analysis import hessian, landscape
+from qatbench.analysis.measure import hessian, landscape
 from qatbench.config import QuantSpec
 from qatbench.config.analysis import AnalysisConfig, HessianConfig, LandscapeConfig
 from qatbench.data import build_dataset, split_environments
