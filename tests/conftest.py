@@ -47,6 +47,18 @@ def tiny_suite(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Products of tiny float64 tensors: a second intra-op thread only adds contention (30x
+    slower on a busy CPU). Use as `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_suite(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))

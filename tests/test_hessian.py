@@ -11,7 +11,6 @@ the exact variance of a Rademacher quadratic form, Var(z^T A z) = 2 (||A||_F^2 -
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from qatbench.analysis import hessian as curvature
 from qatbench.analysis.lanczos import Tridiagonal, error_bounds, lanczos, top_ritz_converged
 from qatbench.analysis.measure import hessian
 from qatbench.analysis.operator import HessianOperator, curvature_parameters, layer_of
@@ -29,17 +29,7 @@ from qatbench.config.analysis import HessianConfig
 from qatbench.config.spec import QuantSpec
 from qatbench.quant import calibrate, quantize_model
 
-# the package's `hessian` attribute is the function `measure.hessian`; the module is imported by name
-curvature = importlib.import_module("qatbench.analysis.hessian")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Products of tiny float64 tensors: a second intra-op thread only adds contention (30x slower on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass

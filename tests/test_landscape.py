@@ -24,14 +24,7 @@ from qatbench.analysis.measure import hessian, landscape
 from qatbench.analysis.operator import curvature_parameters
 from qatbench.config.analysis import HessianConfig, LandscapeConfig
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny float64 forwards: a second intra-op thread only adds contention on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cnn(seed: int) -> nn.Module:
