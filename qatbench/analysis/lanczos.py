@@ -95,7 +95,7 @@ def lanczos(
     return tri
 
 
-def top_ritz_converged(k: int, tol: float) -> Callable[[Tridiagonal], bool]:
+def top_ritz_converged(k: int, tol: float, min_steps: int | None = None) -> Callable[[Tridiagonal], bool]:
     """Stop when each of the k largest Ritz pairs has a residual ||H y - theta y|| below `tol`
     |theta|: then an eigenvalue lies within that distance of theta (Parlett, Thm 4.5.1), whatever
     the spectrum. The sharper min(r, r^2 / gap) of `error_bounds` needs the true gap, which a Ritz
@@ -106,7 +106,7 @@ def top_ritz_converged(k: int, tol: float) -> Callable[[Tridiagonal], bool]:
         # a Krylov space of 2k + 2 vectors at least (ARPACK's habit is 2k + 1): a residual only
         # shows that a Ritz value is near *some* eigenvalue, and one that has not appeared yet
         # (a smaller k-th, say) would otherwise be missed
-        if tri.steps < 2 * k + 2:
+        if tri.steps < (2 * k + 2 if min_steps is None else min_steps):
             return False
         theta, _, residuals = tri.ritz()
         return bool(np.all(residuals[:k] <= tol * np.abs(theta[:k])))
