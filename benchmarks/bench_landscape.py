@@ -35,7 +35,6 @@ from qatbench.analysis import directions as dirs
 from qatbench.analysis.landscape import SurfaceEvaluator, compute_surface
 from qatbench.analysis.operator import curvature_parameters
 
-GRID = 21
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -68,30 +67,23 @@ def naive_point(model: nn.Module, state: dict, axes: list[dict], point: tuple[fl
     return floor_point(model, batches)
 
 
-def row_points(coords: np.ndarray, row: int) -> list[tuple[float, float]]:
-    return [(float(a), float(coords[row])) for a in coords]
-
-
-def variants(model: nn.Module, batches: Batches) -> dict[str, Callable[[int], None]]:
-    """name -> a function timing one 21-point row (its index) of the grid."""
-    coords = np.linspace(-1.0, 1.0, GRID)
+def variants(model: nn.Module, batches: Batches, grid: int) -> dict[str, Callable[[np.ndarray, float], None]]:
+    """name -> a function evaluating the points (a, b) for every a in `xs`, at one b (part of a grid row)."""
     weights, axes = axes_of(model)
     evaluator = SurfaceEvaluator(model, batches, weights, axes, bn="eval")
     naive_model = copy.deepcopy(model).eval()
     state = copy.deepcopy(naive_model.state_dict())
 
-    def floor(row: int) -> None:
-        for _ in range(GRID):
+    def floor(xs: np.ndarray, b: float) -> None:
+        for _ in xs:
             floor_point(model, batches)
 
-    def naive(row: int) -> None:
-        for point in row_points(coords, row):
-            naive_point(naive_model, state, axes, point, batches)
+    def naive(xs: np.ndarray, b: float) -> None:
+        for a in xs:
+            naive_point(naive_model, state, axes, (float(a), b), batches)
 
-    def surface(points_per_forward: int) -> Callable[[int], None]:
-        return lambda row: compute_surface(
-            evaluator, [coords, coords[row : row + 1]], points_per_forward=points_per_forward
-        )
+    def surface(points_per_forward: int) -> Callable[[np.ndarray, float], None]:
+        return lambda xs, b: compute_surface(evaluator, [xs, np.array([b])], points_per_forward=points_per_forward)
 
     return {"floor": floor, "qatbench": surface(1), "naive load_state_dict": naive, "qatbench vmap x4": surface(4)}
 
@@ -104,18 +96,18 @@ def setup_seconds(model: nn.Module, batches: Batches) -> float:
     return time.perf_counter() - t0
 
 
-def time_rows(runs: dict[str, Callable[[int], None]], rounds: int) -> dict[str, float]:
-    """Median seconds per grid point of each variant, one row each in turn per round (rows spread
-    over the grid), after one warm-up point-row of each."""
+def time_rows(runs: dict[str, Callable[[np.ndarray, float], None]], grid: int, rounds: int) -> dict[str, float]:
+    """Median seconds per grid point of each variant: per round, one whole row of the grid (rows
+    spread over it) by each variant in turn, after a 4-point warm-up of each."""
+    coords = np.linspace(-1.0, 1.0, grid)
     for run in runs.values():
-        run(GRID // 2)
-    rows = np.linspace(0, GRID - 1, rounds).round().astype(int)
+        run(coords[:4], 0.0)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for row in rows:
+    for row in np.linspace(0, grid - 1, rounds).round().astype(int):
         for name, run in runs.items():
             t0 = time.perf_counter()
-            run(int(row))
-            times[name].append((time.perf_counter() - t0) / GRID)
+            run(coords, float(coords[row]))
+            times[name].append((time.perf_counter() - t0) / grid)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -130,14 +122,14 @@ def check_agreement(model: nn.Module, batches: Batches) -> float:
     return max(abs(a - b) for a, b in zip(ours, theirs))
 
 
-def bench(label: str, model: nn.Module, batches: Batches, rounds: int) -> dict:
+def bench(label: str, model: nn.Module, batches: Batches, grid: int, rounds: int) -> dict:
     gap = check_agreement(model, batches)
     setup = setup_seconds(model, batches)
-    per_point = time_rows(variants(model, batches), rounds)
+    per_point = time_rows(variants(model, batches, grid), grid, rounds)
     floor = per_point["floor"]
-    points = GRID * GRID
-    print(f"\n{label}: seconds per grid point ({rounds} rounds of a {GRID}-point row; set-up {setup:.2f} s)")
-    print(f"{'variant':22s} {'s/point':>8s} {'x floor':>8s} {'21x21 grid s':>13s}")
+    points = grid * grid
+    print(f"\n{label}: seconds per grid point ({rounds} rounds of a {grid}-point row; set-up {setup:.2f} s)")
+    print(f"{'variant':22s} {'s/point':>8s} {'x floor':>8s} {f'{grid}x{grid} grid s':>13s}")
     for name, s in per_point.items():
         grid = s * points + (setup if name.startswith("qatbench") else 0.0)
         print(f"{name:22s} {s:8.3f} {s / floor:8.2f} {grid:13.1f}")
@@ -146,10 +138,10 @@ def bench(label: str, model: nn.Module, batches: Batches, rounds: int) -> dict:
     return {"label": label, "per_point": per_point, "setup": setup, "grid_vs_floor": grid_ratio, "gap": gap}
 
 
-def summary(rows: list[dict], subset: int, batch: int, what: str) -> str:
+def summary(rows: list[dict], grid: int, subset: int, batch: int, what: str) -> str:
     lines = [
         f"{datetime.date.today()}, {platform.node()} ({torch.get_num_threads()} threads, torch {torch.__version__}); "
-        f"{GRID}x{GRID} grid, evaluation subset {subset} images of {what} in batches of {batch}:",
+        f"{grid}x{grid} grid, evaluation subset {subset} images of {what} in batches of {batch}:",
         "",
         "| model | floor s/pt | qatbench s/pt | grid / floor (target <= 1.25) | naive s/pt | naive / qatbench "
         "(target >= 1) | vmap x4 / floor |",
@@ -168,23 +160,24 @@ def summary(rows: list[dict], subset: int, batch: int, what: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["float", "w4a4"], choices=["float", "w4a4"])
+    parser.add_argument("--grid", type=int, default=21, help="points per axis")
     parser.add_argument("--rounds", type=int, default=3, help="timed rows of the grid per variant")
     parser.add_argument("--subset", type=int, default=512, help="evaluation images")
     parser.add_argument("--batch", type=int, default=256, help="evaluation batch size")
     parser.add_argument("--train-steps", type=int, default=300, help="SGD steps of the (cached) ResNet-20")
-    parser.add_argument("--quick", action="store_true", help="small CNN, 64 images, one round: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="small CNN, 5x5 grid, 64 images, one round: a smoke test")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.quick:
-        args.subset, args.batch, args.rounds, args.train_steps = 64, 32, 1, 20
+        args.grid, args.subset, args.batch, args.rounds, args.train_steps = 5, 64, 32, 1, 20
     name = "small_cnn" if args.quick else "resnet20"
     model, x, y, what = trained_model(name, 256 if args.quick else 4096, args.train_steps)
     batches = [(x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, args.subset, args.batch)]
     rows = []
     for label in args.models:
         chosen = model if label == "float" else w4a4(model, batches[0][0])
-        rows.append(bench(f"{name} {label}", chosen, batches, args.rounds))
-    print("\n" + summary(rows, args.subset, args.batch, what))
+        rows.append(bench(f"{name} {label}", chosen, batches, args.grid, args.rounds))
+    print("\n" + summary(rows, args.grid, args.subset, args.batch, what))
 
 
 if __name__ == "__main__":

@@ -190,6 +190,8 @@ def analyze_run(
         )
         updates.update({f"hessian.{k}": v for k, v in result.record().items()})
         updates["hessian.file"] = HESSIAN_FILE
+    else:
+        (folder / HESSIAN_FILE).unlink(missing_ok=True)  # a figure must never show another setting's numbers
     files = []
     for cut in config.landscape:
         cut_batches, cut_digest = landscape_batches[cut.subset]
