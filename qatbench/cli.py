@@ -118,9 +118,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         results=args.results,
         data_root=args.data_root,
         device=args.device,
-        figures=args.figures,
         progress=not quiet,
     )
+    if args.figures:
+        from qatbench.report.figures_analysis import analysis_figures
+
+        folders = analysis_api.run_folders(Path(args.path)) if Path(args.path).exists() else []
+        written = analysis_figures(folders, Path(args.figures))
+        lines.append(f"{len(written)} figure files written to {args.figures}")
     print("\n".join(lines))
     return 0
 

@@ -49,7 +49,11 @@ def analysis_config(suite_path: str | None, overrides: Sequence[str]) -> tuple[A
 
 
 def run_folders(path: Path) -> list[Path]:
-    """The run folders a path names: itself, or the finished runs inside a suite's results folder."""
+    """The run folders a path names: itself, the runs inside a suite's results folder, or the
+    folder of a qatbench model.pt."""
+    path = Path(path)
+    if path.is_file():  # a plain state_dict's run lives under --results; draw its figures from there
+        return [path.parent] if trained_record(path) is not None else []
     if (path / store.RECORD).is_file():
         return [path]
     folders = sorted(p for p in path.iterdir() if p.is_dir() and (p / store.RECORD).is_file())
@@ -66,7 +70,6 @@ def analyze(
     results: str | os.PathLike = "results",
     data_root: str | os.PathLike | None = None,
     device: str = "auto",
-    figures: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> list[str]:
     """Analyse the runs at `path` (or, for a checkpoint file without a record, evaluate it as a run
@@ -104,11 +107,6 @@ def analyze(
             lines.append(f"{folder.name}  not analysed: {exc}")
             continue
         lines.append(describe(record))
-    if figures is not None:
-        from qatbench.report.figures_analysis import analysis_figures
-
-        written = analysis_figures(folders, Path(figures))
-        lines.append(f"{len(written)} figure files written to {figures}")
     return lines
 
 
