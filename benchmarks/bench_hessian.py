@@ -261,7 +261,8 @@ def bench_trace(model: nn.Module, batch: Batch, probes: int, deflations: list[in
 
 def print_trace(label: str, rows: list[TraceRow], per_probe: tuple[float, float]) -> None:
     base = rows[0].runs[0]
-    print(f"\n{label}: trace at the standard error of {base.probes} PyHessian probes (qatbench: medians of runs)")
+    print(f"\n{label}: trace at the standard error of {base.probes} PyHessian probes (qatbench: medians over runs; "
+          "the estimate of its first run)")  # fmt: skip
     print(f"{'estimator':28s} {'runs':>4s} {'s':>7s} {'products':>8s} {'probes':>6s} {'trace +- stderr':>18s} "
           f"{'max |z|':>7s} {'P/Q time':>8s} {'P/Q products':>12s}")  # fmt: skip
     for row in rows:

@@ -9,10 +9,11 @@ no slower than the naive loop that per point deep-copies the state_dict, adds th
 and loads it (0.99 s a point here in shared/MEASURED.md). `points_per_forward=4` (vmap over grid
 points) is a row too: expected slower on a CPU.
 
-A whole grid would take 7 minutes per variant, so each round times one 21-point row of the grid
-with every variant in turn (so that the machine's load, which others share, hits all alike), and
-the per-point medians over rounds are scaled to 441 points; the one-off set-up (directions,
-filter normalisation, evaluator) is timed apart and added to the qatbench grid.
+A whole grid takes minutes per variant, so each round times one 21-point row of the grid with
+every variant in turn (the order rotating; the machine's load, which others share, hits all
+alike), and the per-point medians over rounds are scaled to 441 points; the one-off set-up
+(directions, filter normalisation, evaluator) is timed apart and added to the qatbench grid.
+Each model's surfaces are checked against the naive loop's on three points first.
 """
 
 from __future__ import annotations
@@ -98,28 +99,31 @@ def setup_seconds(model: nn.Module, batches: Batches) -> float:
 
 def time_rows(runs: dict[str, Callable[[np.ndarray, float], None]], grid: int, rounds: int) -> dict[str, float]:
     """Median seconds per grid point of each variant: per round, one whole row of the grid (rows
-    spread over it) by each variant in turn, after a 4-point warm-up of each."""
+    spread over it) by each variant in turn, the order rotating from round to round, after a
+    4-point warm-up of each."""
     coords = np.linspace(-1.0, 1.0, grid)
     for run in runs.values():
         run(coords[:4], 0.0)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for row in np.linspace(0, grid - 1, rounds).round().astype(int):
-        for name, run in runs.items():
+    names = list(runs)
+    for r, row in enumerate(np.linspace(0, grid - 1, rounds).round().astype(int)):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            run(coords, float(coords[row]))
+            runs[name](coords, float(coords[row]))
             times[name].append((time.perf_counter() - t0) / grid)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def check_agreement(model: nn.Module, batches: Batches) -> float:
-    """Largest loss difference between qatbench's surface and the naive loop on a few points."""
+    """Largest relative loss difference between qatbench's surface and the naive loop on a few points
+    (float32 rounding; on a quantized model an add ordered differently can also flip a rounding)."""
     weights, axes = axes_of(model)
     evaluator = SurfaceEvaluator(model, batches, weights, axes)
     naive_model, points = copy.deepcopy(model).eval(), [(0.0, 0.0), (0.5, -0.3), (-1.0, 1.0)]
     state = copy.deepcopy(naive_model.state_dict())
-    ours = evaluator.evaluate(points)[0].tolist()
+    ours = [float(evaluator.evaluate([p])[0][0]) for p in points]
     theirs = [naive_point(naive_model, state, axes, p, batches)[0] for p in points]
-    return max(abs(a - b) for a, b in zip(ours, theirs))
+    return max(abs(a - b) / abs(b) for a, b in zip(ours, theirs))
 
 
 def bench(label: str, model: nn.Module, batches: Batches, grid: int, rounds: int) -> dict:
@@ -131,10 +135,10 @@ def bench(label: str, model: nn.Module, batches: Batches, grid: int, rounds: int
     print(f"\n{label}: seconds per grid point ({rounds} rounds of a {grid}-point row; set-up {setup:.2f} s)")
     print(f"{'variant':22s} {'s/point':>8s} {'x floor':>8s} {f'{grid}x{grid} grid s':>13s}")
     for name, s in per_point.items():
-        grid = s * points + (setup if name.startswith("qatbench") else 0.0)
-        print(f"{name:22s} {s:8.3f} {s / floor:8.2f} {grid:13.1f}")
+        total = s * points + (setup if name.startswith("qatbench") else 0.0)
+        print(f"{name:22s} {s:8.3f} {s / floor:8.2f} {total:13.1f}")
     grid_ratio = (per_point["qatbench"] * points + setup) / (floor * points)
-    print(f"max |loss(qatbench) - loss(naive)| on 3 points: {gap:.2e}")
+    print(f"largest relative loss difference, qatbench vs naive, on 3 points: {gap:.1e}")
     return {"label": label, "per_point": per_point, "setup": setup, "grid_vs_floor": grid_ratio, "gap": gap}
 
 
