@@ -11,6 +11,7 @@ from typing import Any
 
 RECORD = "record.json"  # written last and atomically: a folder without one never finished
 CURVE = "curve.jsonl"  # one line per evaluation
+FLOAT_CURVE = "curve_float.jsonl"  # PTQ runs: the float model's evaluations before it is quantized
 MODEL = "model.pt"  # the final state_dict
 ERROR_LOG = "error.log"  # traceback of a failed run
 FINISHED = ("done", "diverged")  # a rerun would give the same result: never run twice

@@ -9,13 +9,19 @@ from __future__ import annotations
 import inspect
 from typing import Literal, Protocol
 
-MethodKind = Literal["fp", "qat", "checkpoint"]
+# fp: trains float models; qat: trains quantized ones from the FP parent; ptq: quantizes the FP
+# parent (or a float model it trains from it) after training; checkpoint: loads a trained model
+MethodKind = Literal["fp", "qat", "ptq", "checkpoint"]
 
 
 class Catalog(Protocol):
     def method_names(self) -> list[str]: ...
 
     def method_kind(self, name: str) -> MethodKind: ...
+
+    def method_trains(self, name: str) -> bool:
+        """False for methods with no training steps (plain post-training quantization)."""
+        ...
 
     def method_quant(self, name: str) -> dict:
         """QuantSpec fields the method fixes (the `pact` method needs the `pact` quantizer)."""

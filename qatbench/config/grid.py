@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from qatbench.config.catalog import Catalog
 from qatbench.config.checkpoints import check_architecture, checkpoint_files, checkpoint_quant, file_sha256
-from qatbench.config.spec import LSQ_ONLY_DEFAULTS, QuantSpec, RunSpec, parse_bits
+from qatbench.config.spec import OBSERVERS, QUANTIZERS, SWITCHES, QuantSpec, RunSpec, parse_bits
 from qatbench.config.suite import DatasetEntry, MethodEntry, Suite
 from qatbench.errors import UserError, allowed_list, did_you_mean
 
@@ -26,6 +26,10 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
     entries that would share a row label or train the same runs."""
     labels: dict[str, int] = {}
     runs: dict[str, int] = {}
+    try:  # the suite's own section must make sense whatever entries it reaches
+        QuantSpec(w_bits=4, a_bits=4, **suite.quant.model_dump())
+    except ValueError as exc:
+        raise UserError(f"{blame(['quant'])}: {exc}") from None
     for i, entry in enumerate(suite.methods):
         hparams = _check_method(entry, catalog, blame, ["methods", i])
         quant = None
@@ -42,13 +46,18 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
                         f"{blame(['methods', i, key])}: `{key}` belongs to entries of method 'checkpoint', "
                         f"not '{entry.name}'"
                     )
-        if kind == "qat" or (kind == "checkpoint" and (entry.bits or "FP") != "FP"):
+        if kind in ("qat", "ptq") or (kind == "checkpoint" and (entry.bits or "FP") != "FP"):
             _check_quant(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame)
             quant = sorted(quant_fields(suite, entry, catalog).items())
         elif entry.quant.model_dump(exclude_none=True):
             raise UserError(
                 f"{blame(['methods', i, 'quant'])}: method '{entry.name}' trains in full precision; "
                 f"`quant` applies to QAT methods only"
+            )
+        if not catalog.method_trains(entry.name) and entry.steps:
+            raise UserError(
+                f"{blame(['methods', i, 'steps'])}: method '{entry.name}' does not train (it quantizes the "
+                f"full-precision parent after training); drop `steps`"
             )
         same = repr((entry.name, sorted(hparams.items()), entry.steps, quant))
         if same in runs:
@@ -87,13 +96,18 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
 
 
 def quant_fields(suite: Suite, entry: MethodEntry, catalog: Catalog) -> dict[str, Any]:
-    """The QuantSpec fields of a QAT entry: the suite's `quant`, then what the method fixes, then
-    the entry's own `quant`. The suite's LSQ-only switches do not reach a method that fixes
-    another quantizer (a suite comparing LSQ conventions may also hold `pact`)."""
+    """The QuantSpec fields of a quantized entry: the suite's `quant`, then what the method fixes,
+    then the entry's own `quant`. A method that fixes another quantizer than the suite's (a suite
+    comparing LSQ conventions may also hold `pact`), or a PTQ method in a suite of QAT methods
+    (which takes the `minmax` observer), does not get the suite's switches of that quantizer."""
     shared = suite.quant.model_dump()
-    if catalog.method_quant(entry.name).get("quantizer", "lsq") != "lsq":
-        shared.update(LSQ_ONLY_DEFAULTS)
-    return {**shared, **catalog.method_quant(entry.name), **entry.quant.model_dump(exclude_none=True)}
+    fixed = dict(catalog.method_quant(entry.name))
+    if catalog.method_kind(entry.name) == "ptq" and shared["quantizer"] not in OBSERVERS:
+        fixed.setdefault("quantizer", OBSERVERS[0])
+    if fixed.get("quantizer", shared["quantizer"]) != shared["quantizer"]:
+        foreign = {name: default for name, (default, owners) in SWITCHES.items() if fixed["quantizer"] not in owners}
+        shared.update(foreign)
+    return {**shared, **fixed, **entry.quant.model_dump(exclude_none=True)}
 
 
 def _check_quant(suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry: Blame, blame: Blame) -> None:
@@ -105,6 +119,8 @@ def _check_quant(suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry
             )
     fields = quant_fields(suite, entry, catalog)
     allowed = catalog.method_quantizers(entry.name)
+    if allowed is None and catalog.method_kind(entry.name) == "qat":
+        allowed = tuple(q for q in QUANTIZERS if q not in OBSERVERS)  # observers learn nothing: PTQ only
     if allowed is not None and fields["quantizer"] not in allowed:
         where = blame_entry(["quant", "quantizer"]) if entry.quant.quantizer else blame(["quant", "quantizer"])
         raise UserError(
@@ -289,9 +305,10 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         if catalog.method_kind(method.name) == "fp":
                             specs.append(_spec(method, catalog, common, steps, quant=None, parent=None))
                             continue
+                        method_steps = steps if catalog.method_trains(method.name) else 0
                         for w_bits, a_bits in bit_pairs:
                             quant = QuantSpec(w_bits, a_bits, **quant_fields(suite, method, catalog))
-                            specs.append(_spec(method, catalog, common, steps, quant=quant, parent=fp_parent))
+                            specs.append(_spec(method, catalog, common, method_steps, quant=quant, parent=fp_parent))
     return _unique(specs)
 
 

@@ -20,11 +20,19 @@ if TYPE_CHECKING:
 
 FirstLast = Literal["8bit", "fp", "same"]
 FIRST_LAST_CHOICES = ("8bit", "fp", "same")
-QUANTIZERS = ("lsq", "lsq_plus", "pact", "dorefa")
+QUANTIZERS = ("lsq", "lsq_plus", "pact", "dorefa", "minmax", "percentile")
+OBSERVERS = ("minmax", "percentile")  # post-training quantizers: ranges observed on calibration images, then fixed
 FIRST_RELEASE = ("w_bits", "a_bits", "quantizer", "w_per_channel", "first_last")  # always in run ids
 GRAD_COUNTS = ("layer", "tensor")
 A_INITS = ("batch", "one")
-LSQ_ONLY_DEFAULTS = {"w_symmetric": True, "grad_scale": "layer", "a_init": "batch"}  # switches of `lsq` only
+DEFAULT_PERCENTILE = 99.99
+# switches that only some quantizers have: (their default, the quantizers that have them)
+SWITCHES = {
+    "w_symmetric": (True, ("lsq", *OBSERVERS)),
+    "grad_scale": ("layer", ("lsq",)),
+    "a_init": ("batch", ("lsq",)),
+    "percentile": (DEFAULT_PERCENTILE, ("percentile",)),
+}
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -46,6 +54,8 @@ class QuantSpec:
     w_symmetric: bool = True  # LSQ: signed levels around 0; False: zero point fixed at init (FPQ via MQBench)
     grad_scale: str = "layer"  # LSQ: N = weights / features per sample; "tensor": numel incl. batch (lsq-net fork)
     a_init: str = "batch"  # LSQ: 2 mean|x| / sqrt(Q_P) on the first batch; "one": 1.0 (lsq-net fork)
+    calib_images: int = 0  # 0: ranges from a training minibatch per domain; N: N seeded unaugmented images (FPQ: 100)
+    percentile: float = DEFAULT_PERCENTILE  # `percentile` observer: activation range [100 - p, p] percentiles
 
     def __post_init__(self):
         for name in ("w_bits", "a_bits"):
@@ -57,10 +67,19 @@ class QuantSpec:
         for name, allowed in (("quantizer", QUANTIZERS), ("grad_scale", GRAD_COUNTS), ("a_init", A_INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        changed = [name for name, default in LSQ_ONLY_DEFAULTS.items() if getattr(self, name) != default]
-        if self.quantizer != "lsq" and changed:
-            verb = "applies" if len(changed) == 1 else "apply"
-            raise ValueError(f"{', '.join(changed)} {verb} to the lsq quantizer only, not {self.quantizer!r}")
+        if not (isinstance(self.calib_images, int) and self.calib_images >= 0):
+            raise ValueError(f"calib_images must be an integer >= 0, got {self.calib_images!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile!r}")
+        for name, (default, owners) in SWITCHES.items():
+            if getattr(self, name) != default and self.quantizer not in owners:
+                owned = f"the {owners[0]} quantizer" if len(owners) == 1 else f"the quantizers {', '.join(owners)}"
+                raise ValueError(f"{name} applies to {owned} only, not {self.quantizer!r}")
+
+    @property
+    def observed(self) -> bool:
+        """Post-training quantization: ranges observed on calibration images, nothing learned."""
+        return self.quantizer in OBSERVERS
 
     @property
     def label(self) -> str:

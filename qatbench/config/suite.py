@@ -17,7 +17,16 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from qatbench.config.analysis import AnalysisConfig
-from qatbench.config.spec import A_INITS, FIRST_LAST_CHOICES, GRAD_COUNTS, MAX_BITS, MIN_BITS, QUANTIZERS, parse_bits
+from qatbench.config.spec import (
+    A_INITS,
+    DEFAULT_PERCENTILE,
+    FIRST_LAST_CHOICES,
+    GRAD_COUNTS,
+    MAX_BITS,
+    MIN_BITS,
+    QUANTIZERS,
+    parse_bits,
+)
 from qatbench.errors import UserError, allowed_list, did_you_mean
 
 
@@ -49,6 +58,8 @@ class QuantOverrides(_Strict):
     w_symmetric: bool | None = None
     grad_scale: Literal[GRAD_COUNTS] | None = None  # type: ignore[valid-type]
     a_init: Literal[A_INITS] | None = None  # type: ignore[valid-type]
+    calib_images: int | None = Field(default=None, ge=0)
+    percentile: float | None = Field(default=None, gt=50, le=100)
 
 
 class MethodEntry(_Strict):
@@ -127,6 +138,8 @@ class QuantConfig(_Strict):
     w_symmetric: bool = True
     grad_scale: Literal[GRAD_COUNTS] = "layer"  # type: ignore[valid-type]
     a_init: Literal[A_INITS] = "batch"  # type: ignore[valid-type]
+    calib_images: int = Field(default=0, ge=0)  # 0: one training minibatch per domain; N: N unaugmented images
+    percentile: float = Field(default=DEFAULT_PERCENTILE, gt=50, le=100)  # the `percentile` observer's p
 
 
 class Suite(_Strict):

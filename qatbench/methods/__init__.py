@@ -1,6 +1,18 @@
 """Training methods by name: one class per method, one `update` per step."""
 
-from qatbench.methods import checkpoint, erm, fqat, gam, gaqat, kd, quantizer_qat, sagm, sam  # noqa: F401
+from qatbench.methods import (  # noqa: F401  (register the methods)
+    checkpoint,
+    erm,
+    flat_ptq,
+    fqat,
+    gam,
+    gaqat,
+    kd,
+    ptq,
+    quantizer_qat,
+    sagm,
+    sam,
+)
 from qatbench.methods.base import Method, concat
 from qatbench.methods.registry import METHODS
 

@@ -25,7 +25,10 @@ Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Method:
-    kind: ClassVar[str] = "fp"  # "fp": trains float models; "qat": trains quantized ones from an FP parent
+    # "fp": trains float models; "qat": trains quantized ones from an FP parent; "ptq": trains (or
+    # not) a float model from the FP parent, which the runner then quantizes and calibrates
+    kind: ClassVar[str] = "fp"
+    trains: ClassVar[bool] = True  # False: no optimisation step at all (the run's steps are 0)
     HParams: ClassVar[type]
     quant_fixed: ClassVar[Mapping[str, Any]] = {}  # QuantSpec fields the method needs ({"quantizer": "pact"})
     quantizers_allowed: ClassVar[tuple[str, ...] | None] = None  # None: any quantizer

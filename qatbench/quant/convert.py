@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from qatbench.quant.dorefa import DorefaQuantizer
 from qatbench.quant.layers import QuantConv2d, QuantLinear
 from qatbench.quant.lsq import LsqQuantizer
 from qatbench.quant.lsq_plus import LsqPlusQuantizer
+from qatbench.quant.observer import ObserverQuantizer
 from qatbench.quant.pact import PactQuantizer
 
 FIRST_LAST_8BIT = 8
@@ -26,15 +28,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
     float ("fp"), or the spec's bits ("same"). The float model is left untouched.
     """
     quantized = copy.deepcopy(model)
-    names = [name for name, m in quantized.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    edges = {names[0], names[-1]} if names else set()
-    for name in names:
-        w_bits, a_bits = spec.w_bits, spec.a_bits
-        if name in edges:
-            if spec.first_last == "fp":
-                continue
-            if spec.first_last == "8bit":
-                w_bits = a_bits = FIRST_LAST_8BIT
+    for name, (w_bits, a_bits) in layer_bits(quantized, spec).items():
         layer = quantized.get_submodule(name)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
         w_quant, a_quant = make_quantizers(spec, w_bits, a_bits, channels=layer.weight.shape[0])
@@ -42,9 +36,27 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
     return quantized
 
 
+def layer_bits(model: nn.Module, spec: QuantSpec) -> dict[str, tuple[int, int]]:
+    """(weight bits, input bits) of every layer `quantize_model` quantizes, by module name."""
+    names = [name for name, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    edges = {names[0], names[-1]} if names else set()
+    bits = {}
+    for name in names:
+        if name in edges and spec.first_last == "fp":
+            continue
+        edge_8bit = name in edges and spec.first_last == "8bit"
+        bits[name] = (FIRST_LAST_8BIT, FIRST_LAST_8BIT) if edge_8bit else (spec.w_bits, spec.a_bits)
+    return bits
+
+
 def make_quantizers(spec: QuantSpec, w_bits: int, a_bits: int, channels: int) -> tuple[FakeQuantizer, FakeQuantizer]:
     """The weight and input quantizers of one layer, as `spec.quantizer` pairs them."""
     per_channel = spec.w_per_channel
+    if spec.observed:
+        w_quant = ObserverQuantizer(
+            w_bits, "weight", per_channel=per_channel, channels=channels, symmetric=spec.w_symmetric
+        )
+        return w_quant, ObserverQuantizer(a_bits, "activation", observe=spec.quantizer, percentile=spec.percentile)
     if spec.quantizer == "lsq":
         w_quant = LsqQuantizer(
             w_bits, "weight", per_channel=per_channel, channels=channels,
@@ -77,19 +89,27 @@ def step_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Initialise every quantizer's range from one batch (LSQ: 2 mean|v| / sqrt(Q_P)).
+def calibrate(model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor]) -> nn.Module:
+    """Initialise every quantizer's range from calibration data: one batch, or several.
 
+    Learned-step quantizers initialise from the first batch (LSQ: 2 mean|v| / sqrt(Q_P)) in
+    forward order, so each activation step sees the already-quantized upstream activations it
+    will see in training. Observers (PTQ) see every batch in float and fix their ranges at the end.
     Runs in eval mode so BN running statistics do not move, then restores every module's mode
     (a BN frozen in eval mode inside a training model stays frozen).
-    Quantizers initialise in forward order, so each activation step sees the already-quantized
-    upstream activations it will see in training.
     """
+    batches = [x] if isinstance(x, torch.Tensor) else list(x)
+    if not batches:
+        raise ValueError("calibrate needs at least one batch")
     for quantizer in quantizers(model):
         quantizer.reset()
     modes = {module: module.training for module in model.modules()}
     model.eval()
-    model(x)
+    for batch in batches:
+        model(batch)
+    for quantizer in quantizers(model):
+        if isinstance(quantizer, ObserverQuantizer):
+            quantizer.finish()
     for module, training in modes.items():
         module.train(training)
     return model

@@ -17,6 +17,9 @@ class RegistryCatalog:
     def method_kind(self, name: str) -> MethodKind:
         return METHODS.get(name).kind
 
+    def method_trains(self, name: str) -> bool:
+        return METHODS.get(name).trains
+
     def method_quant(self, name: str) -> dict:
         return dict(METHODS.get(name).quant_fixed)
 

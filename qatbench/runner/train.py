@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
 import qatbench
 from qatbench.config import RunSpec
 from qatbench.data import build_dataset, infinite_batches, split_environments
+from qatbench.data.loaders import take
 from qatbench.errors import UserError
 from qatbench.methods import METHODS
 from qatbench.models import build_model
@@ -52,6 +54,7 @@ def run_one(
     folder = store.run_dir(results, spec.suite, spec.run_id)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / store.CURVE).unlink(missing_ok=True)
+    (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
     (folder / store.ERROR_LOG).unlink(missing_ok=True)
     started = time.time()
     record = describe(spec)
@@ -171,9 +174,10 @@ def _train(
         if spec.parent is None:
             raise ValueError(f"method {spec.method} distils from a full-precision parent, and this run has none")
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    if spec.quant is not None:
+    post_training = method_class.kind == "ptq"  # trains (or not) in float; quantized after training
+    if spec.quant is not None and not post_training:
         model = quantize_model(model, spec.quant)
-        calibrate(model, calibration_batch(dataset, splits, train_envs, spec, device).to(device))
+        calibrate(model, calibration_data(dataset, splits, train_envs, spec, device))
     if spec.checkpoint is not None:  # trained elsewhere: its weights (and step sizes) replace all of the above
         load_weights(model, Path(spec.checkpoint))
         model = model.to(device)
@@ -185,7 +189,7 @@ def _train(
         model.compile()  # in place: the module, its names and its state_dict stay as they are
     method.train()
 
-    curve_path = folder / store.CURVE
+    curve_path = folder / (store.FLOAT_CURVE if post_training else store.CURVE)
     step_times: list[float] = []
     eval_steps = set(range(spec.eval_every, spec.steps + 1, spec.eval_every)) | {spec.steps}
     last_eval: dict[str, Any] = {}
@@ -214,6 +218,13 @@ def _train(
                 last_eval = _log_eval(curve, step, losses, method, dataset, splits, spec, device)
                 shown = {k: last_eval.get(k) for k in ("id_acc", "ood_acc")}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+    float_metrics = {}
+    if post_training:
+        float_metrics = {f"float.{k}": v for k, v in last_eval.items() if k.endswith("_acc")}
+        method.model = quantize_model(method.model, spec.quant)
+        calibrate(method.model, calibration_data(dataset, splits, train_envs, spec, device))
+        with open(folder / store.CURVE, "w") as curve:
+            last_eval = _log_eval(curve, spec.steps, {}, method, dataset, splits, spec, device)
     store.save_model(folder / store.MODEL, method.model)
     accuracies = {k: v for k, v in last_eval.items() if k.endswith("_acc")}
     losses = {k: v for k, v in last_eval.items() if k not in accuracies and k != "step"}
@@ -224,6 +235,7 @@ def _train(
     }
     return {
         **accuracies,  # at the last evaluation; reports select among all of curve.jsonl
+        **float_metrics,  # PTQ runs: the float model's accuracies before quantization
         **sizes,
         "final_step": last_eval.get("step", 0),
         "model_file": store.MODEL,
@@ -287,11 +299,28 @@ def loader_workers(device: torch.device, streams: int) -> int:
     return max(1, min(8, (cores - 1) // max(streams, 1)))
 
 
-def calibration_batch(dataset, splits, train_envs: list[int], spec: RunSpec, device: torch.device) -> torch.Tensor:
-    """One minibatch per training environment, from its own seeded stream so that
-    calibrating never shifts the training data order."""
-    streams = [train_stream(dataset, splits[i], spec, spec.seed * 1000 + 500 + i, device) for i in train_envs]
-    return torch.cat([next(stream)[0] for stream in streams])
+def calibration_data(dataset, splits, train_envs: list[int], spec: RunSpec, device: torch.device) -> list[torch.Tensor]:
+    """The images quantizer ranges start from. `quant.calib_images: 0`: one augmented minibatch
+    per training environment, each from its own seeded stream so that calibrating never shifts
+    the training data order. N > 0: N images drawn once (seeded by the run) from the training
+    environments, unaugmented as evaluation sees them (FPQ's 100 random training images; PTQ's
+    calibration set), in chunks of the evaluation batch size."""
+    if spec.quant.calib_images == 0:
+        streams = [train_stream(dataset, splits[i], spec, spec.seed * 1000 + 500 + i, device) for i in train_envs]
+        return [torch.cat([next(stream)[0] for stream in streams]).to(device)]
+    pool = ConcatDataset([splits[i].in_split for i in train_envs])
+    if spec.quant.calib_images > len(pool):
+        raise UserError(
+            f"quant.calib_images: {spec.quant.calib_images} calibration images asked, but the training "
+            f"environments of {dataset.name} hold {len(pool)}; set quant.calib_images lower"
+        )
+    generator = torch.Generator().manual_seed(spec.seed * 1000 + 500)
+    index = sorted(torch.randperm(len(pool), generator=generator)[: spec.quant.calib_images].tolist())
+    chunks = []
+    for start in range(0, len(index), spec.eval_batch_size):
+        x = take(pool, index[start : start + spec.eval_batch_size])[0].to(device)
+        chunks.append(dataset.eval_transform(x) if dataset.eval_transform is not None else x)
+    return chunks
 
 
 def _log_eval(curve, step: int, losses, method, dataset, splits, spec: RunSpec, device) -> dict[str, Any]:
