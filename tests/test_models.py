@@ -44,7 +44,9 @@ def test_model_maps_a_batch_to_one_logit_per_class(name, input_shape, num_classe
 
 
 def test_every_registered_model_is_covered_here():
-    assert MODELS.names() == ["resnet18", "resnet20", "resnet50", "small_cnn"]
+    assert MODELS.names() == [
+        "mobilenetv2_cifar", "resnet18", "resnet18_cifar", "resnet20", "resnet50", "resnet50_cifar", "small_cnn"
+    ]  # fmt: skip
 
 
 def test_small_cnn_width_scales_its_channels():

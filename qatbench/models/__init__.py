@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from qatbench.models import resnet_cifar, small_cnn, torchvision_models  # noqa: F401  (registers)
+from qatbench.models import cifar_torchvision, resnet_cifar, small_cnn, torchvision_models  # noqa: F401  (registers)
 from qatbench.models.registry import MODELS
 
 __all__ = ["MODELS", "build_model"]
