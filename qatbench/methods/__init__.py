@@ -4,6 +4,7 @@ from qatbench.methods import (  # noqa: F401  (register the methods)
     checkpoint,
     erm,
     flat_ptq,
+    fpq,
     fqat,
     gam,
     gaqat,

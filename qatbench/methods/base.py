@@ -29,6 +29,9 @@ class Method:
     # not) a float model from the FP parent, which the runner then quantizes and calibrates
     kind: ClassVar[str] = "fp"
     trains: ClassVar[bool] = True  # False: no optimisation step at all (the run's steps are 0)
+    # False: the runner never torch.compiles the model (a method that adds hooks per step: compiled
+    # code neither sees hooks registered after compilation nor stops calling removed ones)
+    compilable: ClassVar[bool] = True
     HParams: ClassVar[type]
     quant_fixed: ClassVar[Mapping[str, Any]] = {}  # QuantSpec fields the method needs ({"quantizer": "pact"})
     quantizers_allowed: ClassVar[tuple[str, ...] | None] = None  # None: any quantizer

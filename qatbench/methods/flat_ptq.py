@@ -80,6 +80,7 @@ class DNQ(ERM):
     kind = "ptq"
     HParams = DnqHParams
     quantizers_allowed = OBSERVERS
+    compilable = False  # the activation noise hooks live for one forward pass
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -184,7 +184,7 @@ def _train(
     method = method_class(
         model, dataset.num_classes, spec.hparams, teacher=teacher, quant=spec.quant, total_steps=spec.steps
     )
-    compiled = should_compile(spec, device)
+    compiled = should_compile(spec, device) and method_class.compilable
     if compiled:
         model.compile()  # in place: the module, its names and its state_dict stay as they are
     method.train()
