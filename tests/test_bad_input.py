@@ -12,7 +12,10 @@ import qatbench
 from qatbench.cli import main
 from tests.conftest import TINY_SUITE, run_cli, write_suite
 
-ALL_METHODS = "asam, checkpoint, dorefa, erm, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, pact, sagm, sam"
+ALL_METHODS = (
+    "asam, checkpoint, cr, dnq, dorefa, erm, fpq, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, mec, "
+    "pact, ptq, sagm, sam"
+)
 
 
 def _fails_with_one_line(capsys, argv) -> str:

@@ -19,9 +19,6 @@ CSVS = sorted(REFERENCES.glob("*.csv"))
 HEADER = ["method", "dataset", "model", "bits", "test_env", "metric", "value", "baseline", "source", "note"]
 METRICS = {"ood_acc", "id_acc", "ood_acc_delta", "ood_acc_delta_max", "id_acc_delta"}
 
-# Methods being written by other engineers right now (FPQ, CR, MEC-Quant): accepted before they
-# are registered. Once they are, this set can go.
-LANDING = {"fpq", "cr", "mec"}
 # Names that are in the papers but will not be in qatbench, and why.
 NOT_IMPLEMENTED_METHODS: dict[str, str] = {}
 NOT_IMPLEMENTED_MODELS = {
@@ -85,7 +82,7 @@ def test_reference_bits_are_wnan_fp_or_unknown(path):
 @pytest.mark.parametrize("path", CSVS, ids=lambda p: p.stem)
 def test_reference_methods_are_registered_landing_or_listed_with_a_reason(path):
     frame = _read(path)
-    known = set(METHODS.names()) | LANDING | set(NOT_IMPLEMENTED_METHODS)
+    known = set(METHODS.names()) | set(NOT_IMPLEMENTED_METHODS)
     assert set(frame["method"]) <= known, set(frame["method"]) - known
     baselines = set(frame["baseline"]) - {"", "unknown"}
     assert baselines <= known, baselines - known

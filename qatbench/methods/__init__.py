@@ -2,6 +2,7 @@
 
 from qatbench.methods import (  # noqa: F401  (register the methods)
     checkpoint,
+    cr,
     erm,
     flat_ptq,
     fpq,
@@ -9,6 +10,7 @@ from qatbench.methods import (  # noqa: F401  (register the methods)
     gam,
     gaqat,
     kd,
+    mec,
     ptq,
     quantizer_qat,
     sagm,
