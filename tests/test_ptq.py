@@ -141,6 +141,15 @@ def test_observer_state_survives_a_state_dict_round_trip():
     assert all(not q.observing and q.initialized for q in quantizers(fresh))
 
 
+def test_calibration_names_a_layer_that_saw_no_data_instead_of_quantizing_it_to_zero():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    model.unused = nn.Linear(2, 2).double()  # registered, never called in forward
+    quantized = quantize_model(model, QuantSpec(4, 4, quantizer="minmax"))
+    quantized.forward = lambda x: quantized[2](quantized[1](quantized[0](x)))  # noqa: PLW0108
+    with pytest.raises(ValueError, match=r"^calibration: quantizer unused\.w_quant: no calibration data"):
+        calibrate(quantized, [torch.randn(5, 3, dtype=F64)])
+
+
 # ------------------------------------------------------------------------------------ dnq
 
 

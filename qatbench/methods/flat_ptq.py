@@ -19,7 +19,8 @@ not in that sentence is a RECONSTRUCTION (shared/papers.md 7), each choice an hp
 5. after training the runner quantizes and calibrates like `ptq` (qatbench/methods/ptq.py)
 
 Layers and bits follow the run's QuantSpec exactly (first/last layers 8-bit or float), so the
-noise is the error of the quantizer the model will meet. The paper's "differential" weight noise
+noise is the error of the min-max quantizer the model will meet (with the `percentile` observer
+the real activation step is smaller than the one sized here from min/max). The paper's "differential" weight noise
 is not specified anywhere it could be read, and is not reproduced.
 """
 
@@ -38,7 +39,7 @@ from qatbench.config.spec import OBSERVERS
 from qatbench.methods.base import Minibatches, concat, require
 from qatbench.methods.erm import ERM
 from qatbench.methods.registry import METHODS
-from qatbench.quant import layer_bits, levels
+from qatbench.quant import layer_bits, range_step
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,7 @@ class DnqHParams:
 def weight_step(weight: torch.Tensor, bits: int, per_channel: bool, symmetric: bool) -> torch.Tensor:
     """Delta_w of the min-max quantizer `ptq` will use on this weight (broadcastable to it)."""
     flat = weight.detach().flatten(1) if per_channel else weight.detach().reshape(1, -1)
-    low, high = flat.amin(dim=1).clamp_max(0), flat.amax(dim=1).clamp_min(0)
-    if symmetric:
-        step = torch.maximum(-low, high) / levels(bits, True)[1]
-    else:
-        step = (high - low) / (2**bits - 1)
+    step = range_step(flat.amin(dim=1), flat.amax(dim=1), bits, symmetric)
     return step.view(-1, *[1] * (weight.dim() - 1)) if per_channel else step.reshape(())
 
 
@@ -111,7 +108,7 @@ class DNQ(ERM):
             if not perturb:
                 return args
             low, high = self.ranges[name]
-            sigma = (high - low) / (2**a_bits - 1) * (self.hparams.noise_scale / math.sqrt(12))
+            sigma = range_step(low, high, a_bits, False) * (self.hparams.noise_scale / math.sqrt(12))
             return (x + torch.randn_like(x) * sigma, *args[1:])
 
         return hook

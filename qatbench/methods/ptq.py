@@ -7,7 +7,8 @@ Sec. 3):
 1. take the trained full-precision parent as it is
 2. quantize it (`quant.quantizer`: `minmax`, or `percentile` for activations; per-channel
    weights with `quant.w_per_channel`)
-3. calibrate the ranges on `quant.calib_images` unaugmented training images
+3. calibrate the ranges on `quant.calib_images` unaugmented training images (left at 0: on one
+   augmented training minibatch per domain, as QAT's ranges start; PTQ suites set it)
 4. evaluate; nothing is learned
 
 The runner does 2-4 for every method of kind "ptq" once its training (none here) is over, so

@@ -15,7 +15,7 @@ from qatbench.quant.dorefa import DorefaQuantizer
 from qatbench.quant.layers import QuantConv2d, QuantLinear
 from qatbench.quant.lsq import LsqQuantizer, grad_scale, levels, lsq_quantize, round_ste
 from qatbench.quant.lsq_plus import LsqPlusQuantizer
-from qatbench.quant.observer import ObserverQuantizer
+from qatbench.quant.observer import ObserverQuantizer, range_step
 from qatbench.quant.pact import PactQuantizer
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "make_quantizers",
     "quantize_model",
     "quantizers",
+    "range_step",
     "round_ste",
     "step_parameters",
 ]

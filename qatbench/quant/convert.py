@@ -107,9 +107,12 @@ def calibrate(model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor]) -> nn.
     model.eval()
     for batch in batches:
         model(batch)
-    for quantizer in quantizers(model):
-        if isinstance(quantizer, ObserverQuantizer):
-            quantizer.finish()
+    for name, module in model.named_modules():
+        if isinstance(module, ObserverQuantizer):
+            try:
+                module.finish()
+            except ValueError as exc:
+                raise ValueError(f"calibration: quantizer {name}: {exc}") from None
     for module, training in modes.items():
         module.train(training)
     return model

@@ -30,6 +30,15 @@ from qatbench.quant.lsq import levels, lsq_quantize
 Observe = Literal["minmax", "percentile"]
 
 
+def range_step(low: torch.Tensor, high: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """The step of a b-bit grid over [low, high] widened to hold 0: max(|low|, |high|) over
+    2^(b-1) - 1 signed levels, or (high - low) over 2^b - 1 affine ones."""
+    low, high = low.clamp_max(0), high.clamp_min(0)
+    if symmetric:
+        return torch.maximum(-low, high) / levels(bits, True)[1]
+    return (high - low) / (2**bits - 1)
+
+
 class ObserverQuantizer(FakeQuantizer):
     def __init__(
         self,
@@ -55,7 +64,7 @@ class ObserverQuantizer(FakeQuantizer):
         shape = (channels,) if per_channel else ()
         for name in ("low", "high", "step", "zero_point"):  # buffers: saved with the model, never trained
             self.register_buffer(name, torch.zeros(shape))
-        self.seen = 0  # elements (percentile: batches' weights) observed so far
+        self.seen = 0  # samples observed so far (the percentile average's weights)
 
     def reset(self) -> None:
         super().reset()
@@ -71,6 +80,7 @@ class ObserverQuantizer(FakeQuantizer):
         if self.observe_mode == "minmax":
             self.low.copy_(torch.minimum(self.low, flat.amin(dim=1).reshape(self.low.shape)))
             self.high.copy_(torch.maximum(self.high, flat.amax(dim=1).reshape(self.high.shape)))
+            self.seen += x.shape[0]
             return
         values = flat.reshape(-1)
         n = values.numel()
@@ -89,16 +99,16 @@ class ObserverQuantizer(FakeQuantizer):
     @torch.no_grad()
     def finish(self) -> None:
         """Fix step and zero point from the observed range; quantize from now on."""
+        if self.seen == 0:
+            raise ValueError("no calibration data reached this quantizer (its layer never ran)")
         self.observing = False
-        tiny = torch.finfo(self.step.dtype).tiny
-        low, high = self.low.clamp_max(0), self.high.clamp_min(0)  # zero must be a level
+        step = range_step(self.low, self.high, self.bits, self.symmetric)
+        self.step.copy_(step.clamp_min(torch.finfo(step.dtype).tiny))
         if self.symmetric:
-            self.step.copy_((torch.maximum(-low, high) / levels(self.bits, True)[1]).clamp_min(tiny))
             self.zero_point.zero_()
         else:
             top = float(2**self.bits - 1)
-            self.step.copy_(((high - low) / top).clamp_min(tiny))
-            self.zero_point.copy_(torch.round(-low / self.step).clamp(0, top))
+            self.zero_point.copy_(torch.round(-self.low.clamp_max(0) / self.step).clamp(0, top))
         self.initialized = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -304,7 +304,8 @@ def calibration_data(dataset, splits, train_envs: list[int], spec: RunSpec, devi
     per training environment, each from its own seeded stream so that calibrating never shifts
     the training data order. N > 0: N images drawn once (seeded by the run) from the training
     environments, unaugmented as evaluation sees them (FPQ's 100 random training images; PTQ's
-    calibration set), in chunks of the evaluation batch size."""
+    calibration set): one batch for quantizers that start from one, chunks of the evaluation batch
+    size for observers, which see them all."""
     if spec.quant.calib_images == 0:
         streams = [train_stream(dataset, splits[i], spec, spec.seed * 1000 + 500 + i, device) for i in train_envs]
         return [torch.cat([next(stream)[0] for stream in streams]).to(device)]
@@ -316,9 +317,10 @@ def calibration_data(dataset, splits, train_envs: list[int], spec: RunSpec, devi
         )
     generator = torch.Generator().manual_seed(spec.seed * 1000 + 500)
     index = sorted(torch.randperm(len(pool), generator=generator)[: spec.quant.calib_images].tolist())
+    chunk = spec.eval_batch_size if spec.quant.observed else len(index)  # learned steps start from one batch
     chunks = []
-    for start in range(0, len(index), spec.eval_batch_size):
-        x = take(pool, index[start : start + spec.eval_batch_size])[0].to(device)
+    for start in range(0, len(index), chunk):
+        x = take(pool, index[start : start + chunk])[0].to(device)
         chunks.append(dataset.eval_transform(x) if dataset.eval_transform is not None else x)
     return chunks
 
