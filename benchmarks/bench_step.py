@@ -5,7 +5,9 @@
 
 Targets (method-zoo issue): `lsq` W4A4 at most 1.5x an FP step (reached with torch.compile, which
 `training.compile` turns on for long runs); SAM-family methods near 2x their base (two passes;
-GAM four); GAQAT and FQAT bookkeeping under 10% on top of `lsq_sagm`, their base update.
+GAM four); GAQAT and FQAT bookkeeping under 10% on top of `lsq_sagm`, their base update. FPQ
+(a teacher forward and per-conv standardization), CR (two views, an EMA teacher forward) and MEC
+(a coding length) against `lsq`; DNQ's noise against `erm`.
 Printed: seconds per step, the ratio to eager `erm`, and the ratio to each method's base.
 """
 
@@ -28,6 +30,7 @@ BASE = {  # what each method adds its cost to
     "sam": "erm", "asam": "erm", "sagm": "erm", "gam": "erm",
     "lsq": "erm", "lsq_plus": "lsq", "pact": "lsq", "dorefa": "lsq", "kd": "lsq",
     "lsq_sam": "lsq", "lsq_sagm": "lsq", "gaqat": "lsq_sagm", "fqat": "lsq_sagm",
+    "fpq": "lsq", "cr": "lsq", "mec": "lsq", "dnq": "erm",
 }  # fmt: skip
 
 
@@ -54,6 +57,8 @@ def build(name: str, fp_model, batches, spec: QuantSpec, compiled: bool):
         fixed = dict(method_class.quant_fixed)
         spec = QuantSpec(spec.w_bits, spec.a_bits, **fixed) if fixed else spec
         model = calibrate(quantize_model(model, spec), batches[0][0])
+    elif method_class.kind == "ptq":  # trains the float model with noise sized for the target bits
+        spec = QuantSpec(spec.w_bits, spec.a_bits, quantizer="minmax")
     else:
         spec = None
     method = method_class(model, 10, {}, teacher=teacher, quant=spec, total_steps=10_000)

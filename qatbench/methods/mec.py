@@ -102,7 +102,8 @@ def value_experts(z1: torch.Tensor, z2: torch.Tensor, experts: int) -> Iterator[
 
 class Penultimate:
     """The input of a model's last linear layer, kept from the forward passes run inside `capture()`.
-    The pre-hook is set once, before the runner compiles the model, so the compiled forward runs it."""
+    The pre-hook is set once, before the runner compiles the model, so the compiled forward runs it.
+    A classifier behind dropout (torchvision's MobileNetV2) gives the features as dropout left them."""
 
     def __init__(self, model: nn.Module):
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]  # QuantLinear included
