@@ -32,6 +32,11 @@ def _n_params(model: nn.Module) -> int:
         ("resnet18", (3, 64, 64), 7),
         ("resnet18", (2, 28, 28), 2),
         ("resnet50", (3, 64, 64), 5),
+        *[
+            (name, shape, classes)
+            for name in ("resnet18_cifar", "resnet50_cifar", "mobilenetv2_cifar")
+            for shape, classes in (((3, 32, 32), 100), ((1, 32, 32), 7))
+        ],
     ],
 )
 def test_model_maps_a_batch_to_one_logit_per_class(name, input_shape, num_classes):
