@@ -65,11 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars (also: QATBENCH_QUIET=1)")
     run.set_defaults(command=cmd_run)
 
-    report = commands.add_parser("report", help="tables of the finished runs")
+    report = commands.add_parser("report", help="tables and figures of the finished runs; the leaderboard")
     report.add_argument("results", nargs="?", default="results", help="results folder (default: results)")
     report.add_argument("--format", default="md", help="md (default) or latex")
-    report.add_argument("--selection", default="training_domain", help="training_domain (default) or last")
-    report.add_argument("--out", help="also write the report into this folder")
+    report.add_argument("--selection", default="training_domain", help="training_domain (default), oracle or last")
+    report.add_argument("--baseline", help="quantized method the others are tested against (default: lsq)")
+    report.add_argument(
+        "--references", default=None, help="folder of the papers' numbers (default: suites/references; none: off)"
+    )
+    report.add_argument("--out", help="also write the report (and its figures) into this folder")
+    report.add_argument("--no-figures", action="store_true", help="with --out: tables only")
+    report.add_argument(
+        "--leaderboard", action="store_true", help="write leaderboard.md and .tex into --out (default: reports)"
+    )
+    report.add_argument(
+        "--check", action="store_true", help="exit 1 when the leaderboard in --out (default: reports) is stale"
+    )
     report.set_defaults(command=cmd_report)
 
     analyze = commands.add_parser(
@@ -179,11 +190,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from qatbench import report
+    from qatbench.report import leaderboard
 
     results = Path(args.results)
     if not results.is_dir():
         raise UserError(f"{results}: results folder not found (run a suite first: qatbench run suites/quickstart.yaml)")
-    text = report.render(report.load_records(results), format=args.format, selection=args.selection)
+    references = _references(args.references)
+    records = report.load_records(results)
+
+    def render(records, fmt):
+        return report.render(records, fmt, args.selection, references=references, baseline=args.baseline)
+
+    if args.leaderboard or args.check:
+        out = Path(args.out or "reports")
+        texts = leaderboard.leaderboard_texts(records, results, render)
+        if args.check:
+            problems = leaderboard.stale(texts, out)
+            print("\n".join(problems) if problems else f"{out}/{leaderboard.NAME}.md and .tex match the records")
+            return 1 if problems else 0
+        try:
+            paths = leaderboard.write(texts, out)
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot write the leaderboard: {exc.strerror or exc}") from None
+        print(f"wrote {', '.join(str(p) for p in paths)}")
+        return 0
+    text = render(records, args.format)
     if args.out:
         out = Path(args.out) / f"report.{'tex' if args.format == 'latex' else 'md'}"
         try:
@@ -191,8 +222,28 @@ def cmd_report(args: argparse.Namespace) -> int:
             out.write_text(text)
         except OSError as exc:
             raise UserError(f"--out {args.out}: cannot write {out}: {exc.strerror or exc}") from None
+        if not args.no_figures:
+            from qatbench.report.figures import report_figures
+
+            tables = report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
+            written = report_figures(tables, records, Path(args.out) / "figures")
+            print(f"{len(written)} figure files written to {Path(args.out) / 'figures'}", file=sys.stderr)
     print(text)
     return 0
+
+
+def _references(folder: str | None):
+    """The papers' numbers: the named folder, else suites/references when it exists; 'none' turns them off."""
+    from qatbench.report import load_references
+
+    if folder == "none":
+        return None
+    if folder is None:
+        default = Path("suites") / "references"
+        return load_references(default) if default.is_dir() else None
+    if not Path(folder).is_dir():
+        raise UserError(f"--references {folder}: folder not found (a folder of reference CSVs, or 'none')")
+    return load_references(folder)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

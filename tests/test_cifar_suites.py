@@ -36,14 +36,21 @@ def test_fpq_table4_suite_runs_every_method_with_fpqs_protocol(tmp_path):
     assert {m for m, _ in records} == methods
     assert all(r["status"] == "done" for r in records.values()), {k: r.get("error") for k, r in records.items()}
     quantized = {m: records[(m, "W2A4")] for m in methods - {"erm"}}
-    for method, record in quantized.items():
+    for record in quantized.values():
         assert (record["w_bits"], record["a_bits"]) == (2, 4)
         assert record["quant.w_per_channel"] is True and record["quant.first_last"] == "8bit"
         assert record["quant.calib_images"] == 8
         assert record["parent_run_id"] == records[("erm", "FP")]["run_id"]
         assert record["hessian.trace"] is not None  # the suite's analysis ran on every run
     # asymmetric weights where the quantizer has the switch; PACT and LSQ+ keep their own
-    assert {m for m, r in quantized.items() if r["quant.w_symmetric"] is False} == {"lsq", "kd", "fpq", "cr", "mec", "ptq"}
+    assert {m for m, r in quantized.items() if r["quant.w_symmetric"] is False} == {
+        "lsq",
+        "kd",
+        "fpq",
+        "cr",
+        "mec",
+        "ptq",
+    }
     assert quantized["pact"]["quant.quantizer"] == "pact" and quantized["lsq_plus"]["quant.quantizer"] == "lsq_plus"
     assert quantized["ptq"]["quant.quantizer"] == "minmax" and quantized["ptq"]["steps"] == 0
     # FPQ's optimiser protocol reached every QAT baseline (lsq's own default wd at 2 bits is 0.25e-4)

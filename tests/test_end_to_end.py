@@ -76,7 +76,7 @@ def test_report_prints_the_table_in_markdown(tiny_results):
     report = run_cli("report", str(results))
     assert report.returncode == 0, report.stderr
     lines = report.stdout.splitlines()
-    assert "### tiny · RotatedMNIST · small_cnn" in lines
+    assert "### tiny · RotatedMNIST · small_cnn · W4A4" in lines
     header = next(line for line in lines if line.startswith("| Method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "Method",
@@ -109,7 +109,7 @@ def test_report_writes_latex_with_booktabs(tiny_results, tmp_path):
         r"\midrule",
         r"\bottomrule",
         r"\multicolumn{3}{c}{OOD}",
-        r"\caption{tiny $\cdot$ RotatedMNIST $\cdot$ small\_cnn.",
+        r"\caption{tiny $\cdot$ RotatedMNIST $\cdot$ small\_cnn $\cdot$ W4A4.",
     ):
         assert fragment in tex
 

@@ -17,6 +17,7 @@ from qatbench.models import MODELS
 REFERENCES = Path(__file__).resolve().parents[1] / "suites" / "references"
 CSVS = sorted(REFERENCES.glob("*.csv"))
 HEADER = ["method", "dataset", "model", "bits", "test_env", "metric", "value", "baseline", "source", "note"]
+SETTING = ["variant", "image_size", "steps"]  # read by qatbench.report.references
 METRICS = {"ood_acc", "id_acc", "ood_acc_delta", "ood_acc_delta_max", "id_acc_delta"}
 
 # Names that are in the papers but will not be in qatbench, and why.
@@ -64,7 +65,7 @@ def test_the_reference_files_are_there():
 @pytest.mark.parametrize("path", CSVS, ids=lambda p: p.stem)
 def test_reference_file_has_the_shared_header_and_numeric_values(path):
     frame = _read(path)
-    assert list(frame.columns) == HEADER
+    assert list(frame.columns) == HEADER + SETTING
     assert len(frame) > 0
     values = pd.to_numeric(frame["value"], errors="coerce")
     assert values.notna().all(), frame.loc[values.isna(), "value"].tolist()

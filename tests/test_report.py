@@ -96,7 +96,7 @@ def results(tmp_path: Path) -> Path:
 def test_tables_hold_mean_and_sample_std_over_seeds_with_training_domain_validation(results):
     tables = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)
     [table] = tables
-    assert table.title == "suite · RotatedMNIST · small_cnn"
+    assert table.title == "suite · RotatedMNIST · small_cnn · W4A4"  # FP rows join each bit width's table
     assert list(table.mean.index) == [("erm", "FP"), ("lsq_v2", "W4A4")]
     erm = table.mean.loc[("erm", "FP")]
     assert erm[("OOD", "0")] == pytest.approx(65.0)  # seeds: 60 (selected step 20), 70
@@ -120,28 +120,24 @@ def test_selection_picks_the_checkpoint_its_rule_names(results, selection, expec
 
 def test_markdown_marks_partial_cells_and_lists_what_did_not_finish(results):
     text = report.render(report.load_records(results), format="md")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()[2:6]]
+    assert rows[0] == ["Method", "Bits", "OOD 0", "OOD 30", "OOD Avg", "I.D. 0", "I.D. 30", "I.D. Avg"]
+    assert rows[2] == ["erm", "FP", "65.0 ± 7.1", "85.0 ± 7.1", "75.0 ± 7.1", "90.0 ± 0.0", "90.0 ± 0.0", "90.0 ± 0.0"]
     lines = text.splitlines()
-    assert (
-        lines[2]
-        == "| Method   | Bits   | OOD 0      | OOD 30     | OOD Avg    | I.D. 0     | I.D. 30    | I.D. Avg   |"
-    )
-    assert (
-        lines[4]
-        == "| erm      | FP     | 65.0 ± 7.1 | 85.0 ± 7.1 | 75.0 ± 7.1 | 90.0 ± 0.0 | 90.0 ± 0.0 | 90.0 ± 0.0 |"
-    )
-    assert "| 30.0 (n=1)" in lines[5] and "| 40.0 (n=1)" in lines[5]
-    assert "n = 2 unless marked" in text
+    assert "| 30.0 (1/2 seeds; failed: RuntimeError: out of memory) |" in lines[5]
+    assert "| 40.0 (1/2 seeds) |" in lines[5]
+    assert "n = 2 seeds unless a cell says otherwise" in text
     assert "Not counted: 1 run(s) that did not finish:" in text
     assert "- h lsq_v2 W4A4 seed 1 test_envs [2]: failed: RuntimeError: out of memory" in text
 
 
 def test_latex_escapes_names_and_uses_pm(results):
     tex = report.render(report.load_records(results), format="latex")
-    assert r"lsq\_v2" in tex and r"65.0 $\pm$ 7.1" in tex and r"30.0 (n=1)" in tex
+    assert r"lsq\_v2" in tex and r"65.0 $\pm$ 7.1" in tex and r"30.0 (1/2 seeds; failed: RuntimeError" in tex
     assert r"\begin{tabular}{llrrrrrr}" in tex
     assert r"\multicolumn{2}{c}{} & \multicolumn{3}{c}{OOD} & \multicolumn{3}{c}{I.D.} \\" in tex
     assert r"Method & Bits & 0 & 30 & Avg & 0 & 30 & Avg \\" in tex
-    assert r"\caption{suite $\cdot$ RotatedMNIST $\cdot$ small\_cnn. Accuracy (\%)" in tex
+    assert r"\caption{suite $\cdot$ RotatedMNIST $\cdot$ small\_cnn $\cdot$ W4A4. Accuracy (\%)" in tex
     assert "% Not counted: 1 run(s)" in tex
 
 
@@ -164,7 +160,8 @@ def test_a_done_record_missing_table_keys_or_curve_is_left_out_not_fatal(results
     (results / "suite" / "a" / "record.json").write_text(json.dumps(record))
     (results / "suite" / "b" / "curve.jsonl").write_text('{"step": 10}\n')
     table = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)[0]
-    assert table.n.loc[("erm", "FP"), ("OOD", "0")] is pd.NA or pd.isna(table.n.loc[("erm", "FP"), ("OOD", "0")])
+    assert table.n.loc[("erm", "FP"), ("OOD", "0")] == 0  # a: no environments, b: no accuracies
+    assert table.reasons.loc[("erm", "FP"), ("OOD", "0")] == "not run"
 
 
 def test_a_copied_run_folder_counts_once(results):
@@ -188,16 +185,18 @@ def test_an_older_configuration_under_the_same_label_is_named_not_averaged(resul
     [table] = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)
     assert table.mean.loc[("erm", "FP"), ("OOD", "0")] == pytest.approx(65.0)
     assert table.n.loc[("erm", "FP"), ("OOD", "0")] == 2
-    assert table.notes == [
+    assert (
         "1 older record(s) of another configuration under the same method, bits, seed and domain are not counted: a-old"
-    ]
+        in table.notes
+    )
     assert "- 1 older record(s)" in report.render(report.load_records(results))
 
 
 def test_a_results_folder_of_failures_only_lists_them(tmp_path):
     _write_run(tmp_path, "x", label="erm", bits="FP", seed=0, test_env=0, curve=[], status="failed", error="boom")
     text = report.render(report.load_records(tmp_path))
-    assert "###" not in text and "- x erm FP seed 0 test_envs [0]: failed: boom" in text
+    assert "| erm      | FP     | failed: boom |" in text  # the table says why each cell is empty
+    assert "- x erm FP seed 0 test_envs [0]: failed: boom" in text
 
 
 def test_no_records_says_so(tmp_path):

@@ -8,37 +8,91 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
 from qatbench.errors import UserError, allowed_list, did_you_mean
 from qatbench.report.collect import load_curves, load_records
+from qatbench.report.comparisons import comparison_table
+from qatbench.report.references import attach_references, load_references
+from qatbench.report.render import TextTable, to_latex, to_markdown
 from qatbench.report.select import SELECTIONS, Selection
+from qatbench.report.sharpness import correlation_tables
 from qatbench.report.sharpness_table import sharpness_tables
-from qatbench.report.tables import Table, build_tables, to_latex, to_markdown
+from qatbench.report.tables import TABLE, Table, build_tables, to_text
 
-__all__ = ["SELECTIONS", "Selection", "Table", "build_tables", "load_curves", "load_records", "render"]
+__all__ = [
+    "SELECTIONS",
+    "Selection",
+    "Table",
+    "TextTable",
+    "build_tables",
+    "load_curves",
+    "load_records",
+    "load_references",
+    "render",
+    "text_tables",
+]
 
 Format = Literal["md", "latex"]
+DEFAULT_REFERENCES = Path("suites") / "references"
 
 
-def render(records: pd.DataFrame, format: Format = "md", selection: str = "training_domain") -> str:
-    """The accuracy tables of every (suite, dataset, model) in `records`, plus what is missing."""
-    if format not in ("md", "latex"):
-        raise UserError(
-            f"--format: unknown format '{format}'{did_you_mean(format, ['md', 'latex'])}; allowed: latex, md"
-        )
+def text_tables(
+    records: pd.DataFrame,
+    selection: str = "training_domain",
+    references: pd.DataFrame | None = None,
+    baseline: str | None = None,
+) -> list[TextTable]:
+    """Every table of a report, in order: per suite, dataset and model, the accuracy table of each bit
+    width with its comparison against the baseline, then sharpness and its correlation with OOD accuracy."""
     if selection not in SELECTIONS:
         raise UserError(
             f"--selection: unknown selection '{selection}'{did_you_mean(selection, SELECTIONS)}; "
             f"allowed: {allowed_list(SELECTIONS)}"
         )
+    baselines = {"quantized": baseline} if baseline else {}
+    tables = build_tables(records, SELECTIONS[selection](), load_curves, baselines)
+    out: list[TextTable] = []
+    for table in tables:
+        if references is not None and not references.empty:
+            attach_references(table, references, _table_records(records, table.key))
+        out.append(to_text(table))
+        versus = comparison_table(table, baselines)
+        if versus is not None:
+            out.append(versus)
+    out += [to_text(table) for table in sharpness_tables(records)]
+    out += correlation_tables(records)
+    return out
+
+
+def render(
+    records: pd.DataFrame,
+    format: Format = "md",
+    selection: str = "training_domain",
+    references: pd.DataFrame | None = None,
+    baseline: str | None = None,
+) -> str:
+    """The tables of every (suite, dataset, model, bits) in `records`, plus what is missing."""
+    if format not in ("md", "latex"):
+        raise UserError(
+            f"--format: unknown format '{format}'{did_you_mean(format, ['md', 'latex'])}; allowed: latex, md"
+        )
     if records.empty or "status" not in records:
         return "No records found.\n"
-    tables = build_tables(records, SELECTIONS[selection](), load_curves) + sharpness_tables(records)
+    tables = text_tables(records, selection, references, baseline)
     body = to_markdown(tables) if format == "md" else to_latex(tables)
     return body + _not_counted(records, format)
+
+
+def _table_records(records: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """The records of one table, with the settings references are compared on under plain names."""
+    mine = records[(records[TABLE] == pd.Series(key[:3], index=TABLE)).all(axis=1)]
+    if "dataset_options.image_size" in mine:
+        mine = mine.assign(image_size=mine["dataset_options.image_size"])
+    return mine
 
 
 def _not_counted(records: pd.DataFrame, format: Format) -> str:

@@ -47,6 +47,14 @@ def sharpness_tables(records: pd.DataFrame) -> list[Table]:
             f"n = {int(np.nanmax(n.to_numpy())) if n.notna().any().any() else 0} unless marked."
         )
         tables.append(
-            Table(f"{suite} · {dataset} · {model} · sharpness", mean, std, n.astype("Int64"), caption, fmt=".4g")
+            Table(
+                f"{suite} · {dataset} · {model} · sharpness",
+                mean,
+                std,
+                n.astype("Int64"),
+                caption,
+                fmt=".4g",
+                bold_best=False,
+            )
         )
     return tables

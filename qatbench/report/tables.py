@@ -1,28 +1,38 @@
-"""The accuracy table of the papers: rows = method x bits, columns = each test domain + Avg,
-for OOD accuracy and for I.D. accuracy; mean ± std over seeds. One table model, two renderings
-(Markdown for terminals and READMEs, LaTeX through pandas' Styler for papers).
+"""The accuracy table of the papers, one per dataset, model and bit width: rows = methods (the
+full-precision rows on top, as the papers print them), columns = each test domain + Avg, for OOD
+and for I.D. accuracy; mean ± std over seeds, the best quantized method of each column in bold, a
+dagger where a method differs from the suite's baseline (Welch's t-test), and every cell that is
+not a full set of seeds says why.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from qatbench.report.render import MISSING, TextTable
 from qatbench.report.select import Selection
+from qatbench.report.significance import ALPHA, welch
 
 METRICS = (("ood_acc", "OOD"), ("id_acc", "I.D."))
 AVG = "Avg"
+FP = "FP"
+DAGGER = "†"
+BASELINES = {"quantized": "lsq", "fp": "erm"}  # what each row is tested against, at the same bits
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Table:
-    """Numbers of one table: mean, sample std and seed count per cell, same shape."""
+    """Numbers of one table: mean, sample std and seed count per cell, same shape.
+
+    `values` holds the per-seed numbers behind every cell (long format), `reasons` what a cell
+    lacks ("" when it has every seed), `p_values` Welch's test against the row's baseline.
+    """
 
     title: str
     mean: pd.DataFrame  # index (Method, Bits); columns (metric header, domain)
@@ -31,11 +41,44 @@ class Table:
     caption: str
     notes: list[str] = field(default_factory=list)
     fmt: str = ".1f"  # accuracies in %; sharpness values need significant digits (".4g")
+    reasons: pd.DataFrame | None = None
+    p_values: pd.DataFrame | None = None
+    values: pd.DataFrame | None = None
+    key: tuple = ()  # (suite, dataset, model, bits)
+    extra_rows: list[tuple[tuple[str, str], dict]] = field(default_factory=list)  # references, as text
+    bold_best: bool = True  # accuracies: higher is better; sharpness is not a score
+
+    @property
+    def quantized_rows(self) -> list[bool]:
+        return [bits != FP for _, bits in self.mean.index]
 
 
 NO_TEST_DOMAIN = "no test domain"  # test_envs: none (I.D. only, e.g. CIFAR without -C)
 KEYS = ["run_id", "suite", "dataset", "model", "label", "bits", "w_bits", "seed", "test_envs", "environments"]
 CELL = ["suite", "dataset", "model", "label", "bits", "seed", "domain"]  # one run per cell and seed
+TABLE = ["suite", "dataset", "model"]
+
+
+def _domains(records: pd.DataFrame) -> list[str]:
+    return [
+        " + ".join(envs[i] for i in tests) or NO_TEST_DOMAIN
+        for tests, envs in zip(records["test_envs"], records["environments"])
+    ]
+
+
+def usable(records: pd.DataFrame) -> pd.DataFrame:
+    """Records of any status that carry the keys a table needs, with `domain` added."""
+    if records.empty or "status" not in records:
+        return pd.DataFrame(columns=[*KEYS, "status", "domain"])
+    absent = [k for k in KEYS if k not in records]
+    complete = records.dropna(subset=[k for k in KEYS if k in records]) if not absent else records.iloc[0:0]
+    lacking = len(records) - len(complete)
+    if lacking:
+        missing = absent or [k for k in KEYS if records[k].isna().any()]
+        log.warning("%d record(s) lack keys a table needs (%s); not shown", lacking, ", ".join(missing))
+    complete = complete.drop_duplicates("run_id").copy()
+    complete["domain"] = _domains(complete) if len(complete) else []
+    return complete
 
 
 def finished_runs(records: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple, list[str]]]:
@@ -45,30 +88,15 @@ def finished_runs(records: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple, list
     again): the most recent finished record counts, the others are named in a note.
     """
     notes: dict[tuple, list[str]] = {}
-    if records.empty or "status" not in records:
-        return pd.DataFrame(columns=KEYS), notes
-    done = records[records["status"] == "done"]
-    absent = [k for k in KEYS if k not in done]
-    complete = done.dropna(subset=[k for k in KEYS if k in done]) if not absent else done.iloc[0:0]
-    if len(complete) < len(done):
-        lacking = absent or [k for k in KEYS if done[k].isna().any()]
-        log.warning(
-            "%d finished record(s) lack keys a table needs (%s); not shown",
-            len(done) - len(complete),
-            ", ".join(lacking),
-        )
-    if complete.empty:
-        return pd.DataFrame(columns=[*KEYS, "domain"]), notes
-    runs = complete.drop_duplicates("run_id").copy()
-    runs["domain"] = [
-        " + ".join(envs[i] for i in tests) or NO_TEST_DOMAIN
-        for tests, envs in zip(runs["test_envs"], runs["environments"])
-    ]
+    runs = usable(records)
+    runs = runs[runs["status"] == "done"]
+    if runs.empty:
+        return runs, notes
     order = runs["finished_at"] if "finished_at" in runs else pd.Series("", index=runs.index)
     runs = runs.assign(_order=order.fillna("")).sort_values("_order", kind="stable")
     superseded = runs[runs.duplicated(CELL, keep="last")]
-    for (suite, dataset, model), group in superseded.groupby(["suite", "dataset", "model"]):
-        notes.setdefault((suite, dataset, model), []).append(
+    for key, group in superseded.groupby(TABLE):
+        notes.setdefault(key, []).append(
             f"{len(group)} older record(s) of another configuration under the same method, bits, seed and "
             f"domain are not counted: {', '.join(sorted(group['run_id']))}"
         )
@@ -85,120 +113,197 @@ def selected_runs(runs: pd.DataFrame, curves: pd.DataFrame, selection: Selection
     return runs
 
 
-def build_tables(records: pd.DataFrame, selection: Selection, load_curves) -> list[Table]:
+def per_seed_values(runs: pd.DataFrame, domains: list[str]) -> pd.DataFrame:
+    """Long format (label, bits, header, domain, seed, value in %), Avg over the seeds that have every domain."""
+    frames = []
+    for metric, header in METRICS:
+        cells = runs[["label", "bits", "domain", "seed"]].assign(header=header, value=runs[metric] * 100)
+        frames.append(cells)
+        wide = cells.pivot_table(index=["label", "bits", "seed"], columns="domain", values="value")
+        complete = wide.reindex(columns=domains).dropna()  # Avg only over seeds with every domain
+        if len(complete):
+            avg = complete.mean(axis=1).rename("value").reset_index()
+            frames.append(avg.assign(header=header, domain=AVG))
+    return pd.concat(frames, ignore_index=True)[["label", "bits", "header", "domain", "seed", "value"]]
+
+
+def build_tables(
+    records: pd.DataFrame, selection: Selection, load_curves, baselines: dict[str, str] | None = None
+) -> list[Table]:
+    """One table per (suite, dataset, model, bits) with results; FP rows join every bit width's table."""
+    baselines = {**BASELINES, **(baselines or {})}
     runs, notes = finished_runs(records)
     runs = selected_runs(runs, load_curves(runs), selection)
-    if runs.empty:
-        return []
+    known = usable(records)
     tables = []
-    for key, group in runs.groupby(["suite", "dataset", "model"], sort=True):
-        table = _table(group, " · ".join(key), selection)
-        table.notes.extend(notes.get(key, []))
-        tables.append(table)
+    for key, attempted in known.groupby(TABLE, sort=True):
+        done = runs[(runs[TABLE] == pd.Series(key, index=TABLE)).all(axis=1)] if not runs.empty else runs
+        all_bits = attempted.drop_duplicates("bits").sort_values("w_bits", ascending=False)["bits"].tolist()
+        quantized = [b for b in all_bits if b != FP] or [FP]
+        for bits in quantized:
+            rows = attempted[attempted["bits"].isin({bits, FP})]
+            table = _table(rows, done[done["bits"].isin({bits, FP})] if len(done) else done, (*key, bits), selection)
+            if table is None:
+                continue
+            table.p_values = _p_values(table, baselines)
+            labels = {label for label, _ in table.mean.index}
+            absent = [b for kind, b in baselines.items() if b not in labels and (kind == "fp") == (bits == FP)]
+            if absent:
+                table.notes.append(f"No {DAGGER} marks: the baseline {absent[0]} has no runs in this table.")
+            table.notes.extend(notes.get(key, []))
+            tables.append(table)
     return tables
 
 
-def _table(runs: pd.DataFrame, title: str, selection: Selection) -> Table:
-    domains = list(dict.fromkeys(runs.sort_values("domain_order")["domain"]))
+def _table(attempted: pd.DataFrame, runs: pd.DataFrame, key: tuple, selection: Selection) -> Table | None:
+    order = attempted.assign(domain_order=[min(t, default=-1) for t in attempted["test_envs"]])
+    domains = list(dict.fromkeys(order.sort_values("domain_order")["domain"]))
     rows = (
-        runs[["label", "bits", "w_bits"]]
+        attempted[["label", "bits", "w_bits"]]
         .drop_duplicates()
         .sort_values(["w_bits", "label", "bits"], ascending=[False, True, True])
     )
     index = pd.MultiIndex.from_frame(rows[["label", "bits"]], names=["Method", "Bits"])
     columns = pd.MultiIndex.from_tuples([(header, d) for _, header in METRICS for d in [*domains, AVG]])
-    mean, std, n = (pd.DataFrame(np.nan, index=index, columns=columns) for _ in range(3))
-    for (label, bits), row_runs in runs.groupby(["label", "bits"]):
-        for metric, header in METRICS:
-            for domain, values in row_runs.groupby("domain")[metric]:
-                mean.loc[(label, bits), (header, domain)] = values.mean() * 100
-                std.loc[(label, bits), (header, domain)] = values.std(ddof=1) * 100
-                n.loc[(label, bits), (header, domain)] = len(values)
-            per_seed = row_runs.pivot_table(index="seed", columns="domain", values=metric)
-            complete = per_seed.reindex(columns=domains).dropna()  # Avg only over seeds with every domain
-            if len(complete):
-                averages = complete.mean(axis=1) * 100
-                mean.loc[(label, bits), (header, AVG)] = averages.mean()
-                std.loc[(label, bits), (header, AVG)] = averages.std(ddof=1)
-                n.loc[(label, bits), (header, AVG)] = len(averages)
-    n_max = int(np.nanmax(n.to_numpy())) if n.notna().any().any() else 0
+    mean, std = (pd.DataFrame(np.nan, index=index, columns=columns) for _ in range(2))
+    n = pd.DataFrame(0, index=index, columns=columns)
+    values = (
+        per_seed_values(runs, domains)
+        if len(runs)
+        else pd.DataFrame(columns=["label", "bits", "header", "domain", "seed", "value"])
+    )
+    for (label, bits, header, domain), cell in values.groupby(["label", "bits", "header", "domain"]):
+        mean.loc[(label, bits), (header, domain)] = cell["value"].mean()
+        std.loc[(label, bits), (header, domain)] = cell["value"].std(ddof=1)
+        n.loc[(label, bits), (header, domain)] = len(cell)
+    expected = int(attempted["seed"].nunique())
+    reasons = _reasons(attempted, n, expected, domains)
+    suite, dataset, model, bits = key
     caption = (
         f"Accuracy (%) on the whole test domain (OOD) and on held-out data of the training domains (I.D.); "
-        f"mean ± sample standard deviation over seeds, n = {n_max} unless marked; "
-        f"{selection.description} model selection. Columns name the test domain; "
-        f"Avg averages the domains per seed first."
+        f"mean ± sample standard deviation over n = {expected} seeds unless a cell says otherwise; "
+        f"{selection.description} model selection. Columns name the test domain; Avg averages the domains "
+        f"per seed first. Bold: the best quantized method of each column. {DAGGER}: differs from the "
+        f"baseline at the same bits (Welch's t-test over seeds, p < {ALPHA})."
     )
-    return Table(title, mean, std, n.astype("Int64"), caption)
+    title = " · ".join(str(part) for part in key)
+    return Table(title, mean, std, n, caption, reasons=reasons, values=values, key=key)
 
 
-def format_cell(mean: float, std: float, n, n_max: int, pm: str = "±", fmt: str = ".1f") -> str:
+def _reasons(attempted: pd.DataFrame, n: pd.DataFrame, expected: int, domains: list[str]) -> pd.DataFrame:
+    """Why each cell lacks seeds: "2/3 seeds", "failed: <reason>", "not run"; "" for a full cell."""
+    reasons = pd.DataFrame("", index=n.index, columns=n.columns)
+    for label, bits in n.index:
+        row = attempted[(attempted["label"] == label) & (attempted["bits"] == bits)]
+        per_domain = {}
+        for domain in domains:
+            tried = row[row["domain"] == domain]
+            failed = tried[tried["status"].isin(["failed", "diverged"])]
+            per_domain[domain] = _why(tried, failed)
+        for header in n.columns.get_level_values(0).unique():
+            for domain in [*domains, AVG]:
+                got = int(n.loc[(label, bits), (header, domain)])
+                if got >= expected:
+                    continue
+                if domain == AVG:
+                    lacking = [f"{d}: {per_domain[d] or 'incomplete'}" for d in domains if per_domain[d]]
+                    why = "; ".join(lacking) if got == 0 else ""
+                    reasons.loc[(label, bits), (header, AVG)] = (
+                        f"{got}/{expected} seeds" if got else (why or "no seed has every domain")
+                    )
+                    continue
+                why = per_domain[domain]
+                reasons.loc[(label, bits), (header, domain)] = (
+                    f"{got}/{expected} seeds" + (f"; {why}" if why else "") if got else why or "not run"
+                )
+    return reasons
+
+
+def _why(tried: pd.DataFrame, failed: pd.DataFrame) -> str:
+    if len(failed):
+        first = failed.iloc[0]
+        error = str(first.get("error") or "").strip().splitlines()
+        reason = error[0] if error else first["status"]
+        reason = reason if len(reason) <= 60 else reason[:57] + "..."
+        count = f"{len(failed)} " if len(failed) > 1 else ""
+        return f"{count}{first['status']}: {reason}" if first["status"] == "failed" else f"{count}diverged"
+    pending = tried[tried["status"] != "done"]
+    if len(pending):
+        return f"{len(pending)} {pending.iloc[0]['status']}"
+    return ""
+
+
+def _p_values(table: Table, baselines: dict[str, str]) -> pd.DataFrame:
+    """Welch's p per cell against the baseline of the row's kind at the same bits (NaN: no test)."""
+    p = pd.DataFrame(np.nan, index=table.mean.index, columns=table.mean.columns)
+    if table.values is None or table.values.empty:
+        return p
+    cells = {k: g["value"].to_numpy() for k, g in table.values.groupby(["label", "bits", "header", "domain"])}
+    for label, bits in table.mean.index:
+        baseline = baselines["fp" if bits == FP else "quantized"]
+        if label == baseline:
+            continue
+        for header, domain in table.mean.columns:
+            ours, theirs = cells.get((label, bits, header, domain)), cells.get((baseline, bits, header, domain))
+            if ours is not None and theirs is not None:
+                p.loc[(label, bits), (header, domain)] = welch(ours, theirs)
+    return p
+
+
+def best_cells(table: Table) -> pd.DataFrame:
+    """The best quantized row of each column (ties all bold); FP rows are context, never bold, unless
+    the table has only FP rows."""
+    contenders = np.array(table.quantized_rows)
+    if not contenders.any():
+        contenders[:] = True
+    best = pd.DataFrame(False, index=table.mean.index, columns=table.mean.columns)
+    if not table.bold_best:
+        return best
+    for c, column in enumerate(table.mean.columns):
+        shown = np.round(table.mean[column].to_numpy(float), _decimals(table.fmt))  # equal as printed: tied
+        candidates = np.where(contenders & np.isfinite(shown))[0]
+        if len(candidates) > 1:
+            best.iloc[candidates[shown[candidates] == shown[candidates].max()], c] = True
+    return best
+
+
+def _decimals(fmt: str) -> int:
+    return int(fmt.strip(".f")) if fmt.endswith("f") else 6
+
+
+def format_cell(mean: float, std: float, reason: str = "", fmt: str = ".1f", mark: str = "") -> str:
+    """ "65.0 ± 7.1", "30.0 (1/3 seeds)", "failed: <reason>", "not run"."""
     if pd.isna(mean):
-        return "—"
+        return reason or MISSING
     text = f"{mean:{fmt}}"
     if not pd.isna(std):
-        text += f" {pm} {std:{fmt}}"
-    if not pd.isna(n) and int(n) != n_max:
-        text += f" (n={int(n)})"
-    return text
+        text += f" ± {std:{fmt}}"
+    text += mark
+    return f"{text} ({reason})" if reason else text
 
 
-def formatted(table: Table, pm: str = "±") -> pd.DataFrame:
-    n_max = int(table.n.max().max()) if table.n.notna().any().any() else 0
-    cells = table.mean.copy().astype(object)
+def _n_marks(n: pd.DataFrame) -> pd.DataFrame:
+    """ "n=k" where a cell averages fewer runs than the table's fullest cell."""
+    n_max = int(n.max().max()) if n.notna().any().any() else 0
+    return n.map(lambda k: "" if pd.isna(k) or int(k) == n_max else f"n={int(k)}")
+
+
+def to_text(table: Table) -> TextTable:
+    """The table as text: formatted cells, bold where best, reference rows appended."""
+    reasons = table.reasons if table.reasons is not None else _n_marks(table.n)
+    p = table.p_values if table.p_values is not None else pd.DataFrame(np.nan, table.mean.index, table.mean.columns)
+    cells = pd.DataFrame("", index=table.mean.index, columns=table.mean.columns, dtype=object)
     for r in range(cells.shape[0]):
         for c in range(cells.shape[1]):
-            cells.iat[r, c] = format_cell(
-                table.mean.iat[r, c], table.std.iat[r, c], table.n.iat[r, c], n_max, pm, table.fmt
-            )
-    return cells
-
-
-def to_markdown(tables: list[Table]) -> str:
-    blocks = []
-    for table in tables:
-        cells = formatted(table)
-        cells.columns = [f"{header} {domain}" for header, domain in cells.columns]
-        blocks.append(f"### {table.title}\n\n{cells.reset_index().to_markdown(index=False)}\n\n{table.caption}\n")
-        blocks.extend(f"- {note}\n" for note in table.notes)
-    return "\n".join(blocks)
-
-
-def to_latex(tables: list[Table]) -> str:
-    blocks = []
-    for table in tables:
-        cells = formatted(table, pm=r"$\pm$").map(lambda s: s.replace("—", "--"))
-        cells = cells.reset_index(col_level=1)  # Method and Bits head their columns on the domain row
-        styler = cells.style.hide(axis="index").format(escape="latex", subset=list(cells.columns[:2]))
-        styler = styler.format_index(escape="latex", axis=1)
-        latex = styler.to_latex(
-            caption=_latex_escape(" ".join([f"{table.title}. {table.caption}", *table.notes])),
-            column_format="ll" + "r" * (cells.shape[1] - 2),
-            hrules=True,
-            multicol_align="c",
-            position_float="centering",
-            environment="table",
+            mark = DAGGER if p.iat[r, c] < ALPHA else ""
+            cells.iat[r, c] = format_cell(table.mean.iat[r, c], table.std.iat[r, c], reasons.iat[r, c], table.fmt, mark)
+    bold = best_cells(table)
+    if table.extra_rows:
+        extra = pd.DataFrame(
+            [{col: texts.get(col, "") for col in cells.columns} for _, texts in table.extra_rows],
+            index=pd.MultiIndex.from_tuples([label for label, _ in table.extra_rows], names=cells.index.names),
         )
-        blocks.append(latex)
-    return "\n".join(blocks)
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "·": r"$\cdot$",
-}
-_LATEX_PATTERN = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIAL))
-
-
-def _latex_escape(text: str) -> str:
-    """Escape free text (captions) in one pass, so no replacement is escaped again."""
-    return _LATEX_PATTERN.sub(lambda m: _LATEX_SPECIAL[m.group()], text)
+        extra.columns = cells.columns
+        cells = pd.concat([cells, extra])
+        bold = pd.concat([bold, pd.DataFrame(False, index=extra.index, columns=bold.columns)])
+    return TextTable(table.title, cells, table.caption, list(table.notes), bold)

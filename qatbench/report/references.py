@@ -1,0 +1,138 @@
+"""The papers' own numbers beside ours: `suites/references/*.csv` (one row per printed number, see
+suites/references/README.md) joined to the accuracy tables by dataset, method and bits.
+
+Absolute numbers become extra rows, "<method> [paper]" (with the paper's model when it differs from
+the table's); deltas (a method minus a baseline) become notes that set our own delta beside the
+paper's. Every setting where the paper and the table differ (architecture, image size, steps) is
+named under the table, so a reader never compares unlike with like unknowingly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from qatbench.errors import UserError
+from qatbench.report.tables import AVG, FP, NO_TEST_DOMAIN, Table
+
+COLUMNS = ["method", "dataset", "model", "bits", "test_env", "metric", "value", "baseline", "source", "note"]
+OPTIONAL = ["variant", "image_size", "steps"]  # variant: an ablation row, never joined; the rest: the setting
+ABSOLUTE = {"ood_acc": "OOD", "id_acc": "I.D."}
+DELTAS = {
+    "ood_acc_delta": ("OOD", ""),
+    "ood_acc_delta_max": ("OOD", "up to "),
+    "id_acc_delta": ("I.D.", ""),
+}
+
+
+def load_references(folder: str | Path) -> pd.DataFrame:
+    """Every reference CSV of `folder`, as text (numbers stay as printed); UserError naming file and column."""
+    frames = []
+    for path in sorted(Path(folder).glob("*.csv")):
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise UserError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+        missing = [c for c in COLUMNS if c not in frame]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(missing)}; required: {', '.join(COLUMNS)}")
+        metrics = {*ABSOLUTE, *DELTAS}
+        unknown = sorted(set(frame["metric"]) - metrics)
+        if unknown:
+            raise UserError(f"{path}: metric '{unknown[0]}' unknown; allowed: {', '.join(sorted(metrics))}")
+        bad = frame[pd.to_numeric(frame["value"], errors="coerce").isna()]
+        if len(bad):
+            raise UserError(f"{path}: row {bad.index[0] + 2}, value '{bad.iloc[0]['value']}' is not a number")
+        for column in OPTIONAL:
+            frame[column] = frame[column] if column in frame else ""
+        frames.append(frame.assign(file=path.name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*COLUMNS, *OPTIONAL, "file"])
+
+
+def attach_references(table: Table, references: pd.DataFrame, runs: pd.DataFrame) -> None:
+    """Add the paper rows and delta notes that belong to `table` (its dataset and bits, FP included)."""
+    suite, dataset, model, bits = table.key
+    refs = references[
+        (references["dataset"] == dataset) & references["bits"].isin({bits, FP}) & (references["variant"] == "")
+    ]
+    if refs.empty:
+        return
+    same_model = refs[refs["model"] == model]
+    refs = same_model if len(same_model) else refs
+    labels = [label for label, _ in table.mean.index]
+    shown: list[pd.Series] = []
+    for (method, ref_bits, ref_model), group in refs[refs["metric"].isin(ABSOLUTE)].groupby(
+        ["method", "bits", "model"], sort=False
+    ):
+        name = f"{method} [paper]" if ref_model == model else f"{method} [paper, {ref_model}]"
+        texts = {}
+        for row in group.itertuples():
+            column = (ABSOLUTE[row.metric], _column(row.test_env, table))
+            texts.setdefault(column, row.value)
+        table.extra_rows.append(((name, ref_bits), texts))
+        shown.extend(row for _, row in group.iterrows())
+    for _, row in refs[refs["metric"].isin(DELTAS)].iterrows():
+        table.notes.append(_delta_note(row, table))
+        shown.append(row)
+    if not shown:
+        return
+    sources = sorted({f"{row['source']}" for row in shown})
+    table.notes.append(f"[paper] rows and paper deltas as printed in: {'; '.join(sources)}.")
+    table.notes.extend(_differences(pd.DataFrame(shown), model, runs))
+    unmatched = sorted({row["method"] for row in shown} - set(labels))
+    if unmatched:
+        table.notes.append(f"Methods the paper reports that this table did not run: {', '.join(unmatched)}.")
+
+
+def _column(test_env: str, table: Table) -> str:
+    domains = list(dict.fromkeys(domain for _, domain in table.mean.columns))
+    if test_env == "avg":
+        return AVG
+    if test_env == "none":
+        return NO_TEST_DOMAIN if NO_TEST_DOMAIN in domains else AVG
+    return test_env
+
+
+def _delta_note(row: pd.Series, table: Table) -> str:
+    header, prefix = DELTAS[row["metric"]]
+    column = (header, _column(row["test_env"], table))
+    where = "Avg" if column[1] == AVG else column[1]
+    paper = (
+        f"{row['source']}: {row['method']} − {row['baseline']}, {header} {where}, {row['bits']} ({row['model']}): "
+        f"{prefix}{float(row['value']):+g} pp"
+    )
+    ours = _our_delta(table, row["method"], row["baseline"], row["bits"], column)
+    return f"{paper}; here: {ours}."
+
+
+def _our_delta(table: Table, method: str, baseline: str, bits: str, column: tuple[str, str]) -> str:
+    if baseline == "unknown":
+        return "not comparable (the paper names no baseline)"
+    if bits not in (table.key[3], FP) and bits != "unknown":
+        return f"not run at {bits}"
+    bits = table.key[3] if bits == "unknown" else bits
+    try:
+        ours, theirs = table.mean.loc[(method, bits), column], table.mean.loc[(baseline, bits), column]
+    except KeyError:
+        return f"not run ({method} and {baseline} at {bits} needed)"
+    if pd.isna(ours) or pd.isna(theirs):
+        return "no finished runs to compare"
+    return f"{ours - theirs:+.1f} pp ({method} − {baseline}, {bits})"
+
+
+def _differences(shown: pd.DataFrame, model: str, runs: pd.DataFrame) -> list[str]:
+    """The settings in which the paper's rows differ from the table's runs."""
+    notes = []
+    models = sorted(set(shown["model"]) - {model})
+    if models:
+        notes.append(f"Setting differs: the paper's architecture is {', '.join(models)}; here {model}.")
+    sizes = sorted({s for s in shown["image_size"] if s})
+    our_sizes = sorted({str(s) for s in runs.get("image_size", pd.Series(dtype=object)).dropna()})
+    if sizes and our_sizes and set(sizes) != set(our_sizes):
+        notes.append(f"Setting differs: the paper's image size is {', '.join(sizes)} px; here {', '.join(our_sizes)}.")
+    steps = sorted({s for s in shown["steps"] if s}, key=float)
+    our_steps = sorted({str(int(s)) for s in runs.get("steps", pd.Series(dtype=float)).dropna()}, key=float)
+    if steps and our_steps and set(steps) != set(our_steps):
+        notes.append(f"Setting differs: the paper trains {', '.join(steps)} steps; here {', '.join(our_steps)}.")
+    return notes
