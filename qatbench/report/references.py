@@ -58,8 +58,14 @@ def attach_references(table: Table, references: pd.DataFrame, runs: pd.DataFrame
     ]
     if refs.empty:
         return
-    same_model = refs[refs["model"] == model]
-    refs = same_model if len(same_model) else refs
+    # per method and bits: the paper's numbers for this table's model when it has them, else all its models
+    absolute = refs["metric"].isin(ABSOLUTE)
+    with_model = set(refs.loc[absolute & (refs["model"] == model), ["method", "bits"]].itertuples(index=False))
+    keep = [
+        not a or m == model or (meth, b) not in with_model
+        for a, m, meth, b in zip(absolute, refs["model"], refs["method"], refs["bits"])
+    ]
+    refs = refs[keep]
     labels = [label for label, _ in table.mean.index]
     shown: list[pd.Series] = []
     for (method, ref_bits, ref_model), group in refs[refs["metric"].isin(ABSOLUTE)].groupby(
@@ -100,10 +106,14 @@ def _delta_note(row: pd.Series, table: Table) -> str:
     where = "Avg" if column[1] == AVG else column[1]
     paper = (
         f"{row['source']}: {row['method']} − {row['baseline']}, {header} {where}, {row['bits']} ({row['model']}): "
-        f"{prefix}{float(row['value']):+g} pp"
+        f"{prefix}{_signed(row['value'])} pp"
     )
     ours = _our_delta(table, row["method"], row["baseline"], row["bits"], column)
     return f"{paper}; here: {ours}."
+
+
+def _signed(printed: str) -> str:
+    return printed if printed.startswith(("+", "-")) else f"+{printed}"
 
 
 def _our_delta(table: Table, method: str, baseline: str, bits: str, column: tuple[str, str]) -> str:

@@ -33,8 +33,8 @@ def to_markdown(tables: list[TextTable]) -> str:
         if isinstance(cells.columns, pd.MultiIndex):
             cells.columns = [" ".join(str(part) for part in col if part) for col in cells.columns]
         body = cells.reset_index().to_markdown(index=False, disable_numparse=True)
-        blocks.append(f"### {table.title}\n\n{body}\n\n{table.caption}\n")
-        blocks.extend(f"- {note}\n" for note in table.notes)
+        notes = "".join(f"- {note}\n" for note in table.notes)
+        blocks.append(f"### {table.title}\n\n{body}\n\n{table.caption}\n" + (f"\n{notes}" if notes else ""))
     return "\n".join(blocks)
 
 

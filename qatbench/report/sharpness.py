@@ -74,7 +74,7 @@ def correlation_tables(records: pd.DataFrame) -> list[TextTable]:
         wide = {}
         for row in group.itertuples():
             column = f"τ({SHARPNESS[row.measure]}, {TARGETS[row.target]})"
-            cell = "—" if np.isnan(row.tau) else f"{row.tau:+.2f} (p={_p(row.p)})"
+            cell = "—" if np.isnan(row.tau) else f"{row.tau:+.2f} (p{_p(row.p)})"
             wide.setdefault(row.bits, {"n": str(row.n)})[column] = cell
         cells = pd.DataFrame.from_dict(wide, orient="index")
         cells.index.name = "Bits"
@@ -90,4 +90,4 @@ def correlation_tables(records: pd.DataFrame) -> list[TextTable]:
 
 
 def _p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return "<0.001" if p < 0.001 else f"={p:.3f}"

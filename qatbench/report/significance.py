@@ -8,6 +8,7 @@ seed noise", its absence means little. Both come from scipy, never hand-rolled.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,9 @@ def welch(values: np.ndarray, baseline: np.ndarray) -> float:
         return float("nan")
     if np.ptp(values) == 0 and np.ptp(baseline) == 0:
         return 0.0 if values[0] != baseline[0] else 1.0  # two constants: scipy returns NaN
-    return float(stats.ttest_ind(values, baseline, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # nearly constant groups: scipy warns, the p-value is still the test's
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(values, baseline, equal_var=False).pvalue)
 
 
 def bootstrap_ci(values: np.ndarray, baseline: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -191,40 +191,36 @@ def _table(attempted: pd.DataFrame, runs: pd.DataFrame, key: tuple, selection: S
 
 
 def _reasons(attempted: pd.DataFrame, n: pd.DataFrame, expected: int, domains: list[str]) -> pd.DataFrame:
-    """Why each cell lacks seeds: "2/3 seeds", "failed: <reason>", "not run"; "" for a full cell."""
+    """Why each cell lacks seeds: "2/3 seeds", "failed: <reason>", "not run"; "" for a full cell.
+    An Avg without a single complete seed names its incomplete domains and why."""
     reasons = pd.DataFrame("", index=n.index, columns=n.columns)
     for label, bits in n.index:
         row = attempted[(attempted["label"] == label) & (attempted["bits"] == bits)]
-        per_domain = {}
-        for domain in domains:
-            tried = row[row["domain"] == domain]
-            failed = tried[tried["status"].isin(["failed", "diverged"])]
-            per_domain[domain] = _why(tried, failed)
+        why = {d: _why(row[row["domain"] == d]) for d in domains}
         for header in n.columns.get_level_values(0).unique():
-            for domain in [*domains, AVG]:
+            for domain in domains:
                 got = int(n.loc[(label, bits), (header, domain)])
-                if got >= expected:
-                    continue
-                if domain == AVG:
-                    lacking = [f"{d}: {per_domain[d] or 'incomplete'}" for d in domains if per_domain[d]]
-                    why = "; ".join(lacking) if got == 0 else ""
-                    reasons.loc[(label, bits), (header, AVG)] = (
-                        f"{got}/{expected} seeds" if got else (why or "no seed has every domain")
-                    )
-                    continue
-                why = per_domain[domain]
-                reasons.loc[(label, bits), (header, domain)] = (
-                    f"{got}/{expected} seeds" + (f"; {why}" if why else "") if got else why or "not run"
+                if got < expected:
+                    text = f"{got}/{expected} seeds" + (f"; {why[domain]}" if why[domain] else "")
+                    reasons.loc[(label, bits), (header, domain)] = text if got else why[domain] or "not run"
+            got = int(n.loc[(label, bits), (header, AVG)])
+            if got < expected:
+                incomplete = [f"{d}: {reasons.loc[(label, bits), (header, d)]}" for d in domains]
+                incomplete = [text for text, d in zip(incomplete, domains) if reasons.loc[(label, bits), (header, d)]]
+                reasons.loc[(label, bits), (header, AVG)] = (
+                    f"{got}/{expected} seeds" if got else "; ".join(incomplete) or "no seed has every domain"
                 )
     return reasons
 
 
-def _why(tried: pd.DataFrame, failed: pd.DataFrame) -> str:
+def _why(tried: pd.DataFrame) -> str:
+    """What the runs of one cell that did not finish say: "failed: <error>", "2 failed: ...", "diverged"."""
+    failed = tried[tried["status"].isin(["failed", "diverged"])]
     if len(failed):
         first = failed.iloc[0]
         error = str(first.get("error") or "").strip().splitlines()
         reason = error[0] if error else first["status"]
-        reason = reason if len(reason) <= 60 else reason[:57] + "..."
+        reason = reason if len(reason) <= 48 else reason[:45] + "..."
         count = f"{len(failed)} " if len(failed) > 1 else ""
         return f"{count}{first['status']}: {reason}" if first["status"] == "failed" else f"{count}diverged"
     pending = tried[tried["status"] != "done"]
@@ -277,6 +273,7 @@ def format_cell(mean: float, std: float, reason: str = "", fmt: str = ".1f", mar
         return reason or MISSING
     text = f"{mean:{fmt}}"
     if not pd.isna(std):
+        std = 0.0 if abs(std) < 1e-9 * max(1.0, abs(mean)) else std  # float noise of equal values
         text += f" ± {std:{fmt}}"
     text += mark
     return f"{text} ({reason})" if reason else text
