@@ -46,6 +46,12 @@ def load_references(folder: str | Path) -> pd.DataFrame:
             raise UserError(f"{path}: row {bad.index[0] + 2}, value '{bad.iloc[0]['value']}' is not a number")
         for column in OPTIONAL:
             frame[column] = frame[column] if column in frame else ""
+        for column in ("image_size", "steps"):
+            bad = frame[(frame[column] != "") & ~frame[column].str.fullmatch(r"[0-9]+")]
+            if len(bad):
+                raise UserError(
+                    f"{path}: row {bad.index[0] + 2}, {column} '{bad.iloc[0][column]}' is not a whole number (or empty)"
+                )
         frames.append(frame.assign(file=path.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*COLUMNS, *OPTIONAL, "file"])
 
@@ -53,8 +59,12 @@ def load_references(folder: str | Path) -> pd.DataFrame:
 def attach_references(table: Table, references: pd.DataFrame, runs: pd.DataFrame) -> None:
     """Add the paper rows and delta notes that belong to `table` (its dataset and bits, FP included)."""
     suite, dataset, model, bits = table.key
+    # a delta at unknown bits (the paper does not say) is set beside every bit width's table
+    unknown = (references["bits"] == "unknown") & references["metric"].isin(DELTAS)
     refs = references[
-        (references["dataset"] == dataset) & references["bits"].isin({bits, FP}) & (references["variant"] == "")
+        (references["dataset"] == dataset)
+        & (references["bits"].isin({bits, FP}) | unknown)
+        & (references["variant"] == "")
     ]
     if refs.empty:
         return
@@ -138,7 +148,7 @@ def _differences(shown: pd.DataFrame, model: str, runs: pd.DataFrame) -> list[st
     if models:
         notes.append(f"Setting differs: the paper's architecture is {', '.join(models)}; here {model}.")
     sizes = sorted({s for s in shown["image_size"] if s})
-    our_sizes = sorted({str(s) for s in runs.get("image_size", pd.Series(dtype=object)).dropna()})
+    our_sizes = sorted({str(int(s)) for s in pd.to_numeric(runs.get("image_size", pd.Series(dtype=float))).dropna()})
     if sizes and our_sizes and set(sizes) != set(our_sizes):
         notes.append(f"Setting differs: the paper's image size is {', '.join(sizes)} px; here {', '.join(our_sizes)}.")
     steps = sorted({s for s in shown["steps"] if s}, key=float)

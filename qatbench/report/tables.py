@@ -146,10 +146,10 @@ def build_tables(
             if table is None:
                 continue
             table.p_values = _p_values(table, baselines)
-            labels = {label for label, _ in table.mean.index}
-            absent = [b for kind, b in baselines.items() if b not in labels and (kind == "fp") == (bits == FP)]
+            finished = set(table.values["label"])
+            absent = [b for kind, b in baselines.items() if b not in finished and (kind == "fp") == (bits == FP)]
             if absent:
-                table.notes.append(f"No {DAGGER} marks: the baseline {absent[0]} has no runs in this table.")
+                table.notes.append(f"No {DAGGER} marks: the baseline {absent[0]} has no finished runs in this table.")
             table.notes.extend(notes.get(key, []))
             tables.append(table)
     return tables
@@ -256,15 +256,11 @@ def best_cells(table: Table) -> pd.DataFrame:
     if not table.bold_best:
         return best
     for c, column in enumerate(table.mean.columns):
-        shown = np.round(table.mean[column].to_numpy(float), _decimals(table.fmt))  # equal as printed: tied
+        shown = np.array([float(f"{m:{table.fmt}}") for m in table.mean[column].to_numpy(float)])  # as printed
         candidates = np.where(contenders & np.isfinite(shown))[0]
         if len(candidates) > 1:
             best.iloc[candidates[shown[candidates] == shown[candidates].max()], c] = True
     return best
-
-
-def _decimals(fmt: str) -> int:
-    return int(fmt.strip(".f")) if fmt.endswith("f") else 6
 
 
 def format_cell(mean: float, std: float, reason: str = "", fmt: str = ".1f", mark: str = "") -> str:
