@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from qatbench.report.figures_analysis import _slug, _styled, analysis_figures, save_figure
 from qatbench.report.sharpness import SHARPNESS, kendall, sharpness_runs
@@ -53,7 +54,9 @@ def accuracy_vs_bits_figure(values: pd.DataFrame, title: str) -> Figure:
         stats = cells.groupby(["label", "bits"])["value"].agg(["mean", "std"]).reset_index()
         for label in quantized:
             line = stats[(stats["label"] == label) & (stats["bits"] != FP)].set_index("bits").reindex(order)
-            ax.errorbar(range(len(order)), line["mean"], yerr=line["std"], label=label, color=colors[label], lw=1)
+            ax.errorbar(
+                range(len(order)), line["mean"], yerr=line["std"], label=label, color=colors[label], lw=1, marker="o"
+            )
         for label in fp_rows:
             mean = stats[(stats["label"] == label) & (stats["bits"] == FP)]["mean"]
             if len(mean):
@@ -94,6 +97,7 @@ def sharpness_vs_ood_figure(runs: pd.DataFrame, title: str) -> Figure:
         data = data[data["x"] > 0]  # a log axis: non-positive sharpness (a saddle) cannot be drawn
         sns.scatterplot(data=data, x="x", y="ood", hue="bits", ax=ax, s=14, palette="colorblind")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide on short log ranges
         tau, p, n = kendall(runs[measure], runs["ood_acc"])
         ax.set_title(f"τ = {tau:+.2f} (p = {p:.3g}, n = {n})" if np.isfinite(tau) else f"n = {n}", fontsize=7)
         ax.set_xlabel(SHARPNESS[measure])
