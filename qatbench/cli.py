@@ -203,7 +203,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.leaderboard or args.check:
         out = Path(args.out or "reports")
-        texts = leaderboard.leaderboard_texts(records, results, render)
+        texts = leaderboard.leaderboard_texts(leaderboard.committed_records(records, results), results, render)
         if args.check:
             problems = leaderboard.stale(texts, out)
             print("\n".join(problems) if problems else f"{out}/{leaderboard.NAME}.md and .tex match the records")

@@ -80,6 +80,8 @@ def _repo_with_results(tmp_path: Path) -> Path:
 
 def test_leaderboard_is_written_with_its_provenance_and_check_passes(tmp_path):
     repo = _repo_with_results(tmp_path)
+    # a local run beside the committed ones (a quickstart, an unfinished sweep) never reaches the leaderboard
+    shutil.copytree(GOLDEN / "results" / "golden" / "gfpq-W4A4-0-0", repo / "results" / "local" / "gfpq-local")
     written = run_cli("report", "--leaderboard", cwd=repo)
     assert written.returncode == 0, written.stderr
     md, tex = (repo / "reports" / "leaderboard.md").read_text(), (repo / "reports" / "leaderboard.tex").read_text()
@@ -91,6 +93,13 @@ def test_leaderboard_is_written_with_its_provenance_and_check_passes(tmp_path):
     check = run_cli("report", "--check", cwd=repo)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "match the records" in check.stdout
+    record = repo / "results" / "golden" / "gfpq-W4A4-0-0" / "record.json"
+    record.write_text(record.read_text().replace('"seed": 0', '"seed": 7'))
+    assert run_cli("report", "--leaderboard", cwd=repo).returncode == 0
+    assert (
+        "at commit " + commit + " (2026-11-20), with uncommitted changes"
+        in (repo / "reports" / "leaderboard.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("change", ["edit_leaderboard", "edit_record", "delete_leaderboard"])

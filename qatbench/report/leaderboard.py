@@ -1,6 +1,6 @@
 """The committed leaderboard: `reports/leaderboard.md` and `.tex`, generated from the committed
-`results/` records only, never typed by hand. The footer names the commit that last changed the
-records and its date, so the file is reproducible from a clean clone (`--check`, run by CI) and
+`results/` records only, never typed by hand. Only records git tracks count; the footer names the commit
+that last changed them and its date, so the file is reproducible from a clean clone (`--check`, run by CI) and
 never goes stale silently.
 """
 
@@ -21,17 +21,32 @@ HEADER = (
 )
 
 
+def _git(results: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=results, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def committed_records(records: pd.DataFrame, results: Path) -> pd.DataFrame:
+    """The records git tracks under `results`: local runs beside them (a quickstart, an unfinished sweep)
+    never reach the leaderboard. Outside a git repository, every record counts."""
+    try:
+        tracked = _git(results, "ls-files", "-z", "--", ".").split("\0")
+    except (OSError, subprocess.SubprocessError):
+        return records
+    folders = {(results / name).parent.resolve() for name in tracked if name.endswith("record.json")}
+    if records.empty:
+        return records
+    return records[[Path(d).resolve() in folders for d in records["run_dir"]]].reset_index(drop=True)
+
+
 def provenance(results: Path) -> str:
     """'commit <hash> (<date>)' of the last commit touching `results`, marked when the folder has local changes."""
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=results, capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
+        return _git(results, *args).strip()
 
     try:
         last = git("log", "-1", "--format=%H %cs", "--", ".")
-        dirty = git("status", "--porcelain", "--untracked-files=all", "--", ".")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")  # untracked records do not count
     except (OSError, subprocess.SubprocessError):
         return "no git history"
     if not last:
