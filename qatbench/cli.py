@@ -195,7 +195,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if not results.is_dir():
         raise UserError(f"{results}: results folder not found (run a suite first: qatbench run suites/quickstart.yaml)")
-    references = _references(args.references)
+    references = _references(
+        args.references, leaderboard.repo_root(results) if args.leaderboard or args.check else None
+    )
     records = report.load_records(results)
 
     def render(records, fmt):
@@ -232,14 +234,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _references(folder: str | None):
-    """The papers' numbers: the named folder, else suites/references when it exists; 'none' turns them off."""
+def _references(folder: str | None, root: Path | None = None):
+    """The papers' numbers: the named folder, else suites/references (of the repository `root` holding the
+    results, for the leaderboard, so that it does not depend on the cwd) when it exists; 'none': off."""
     from qatbench.report import load_references
 
     if folder == "none":
         return None
     if folder is None:
-        default = Path("suites") / "references"
+        default = (root or Path()) / "suites" / "references"
         return load_references(default) if default.is_dir() else None
     if not Path(folder).is_dir():
         raise UserError(f"--references {folder}: folder not found (a folder of reference CSVs, or 'none')")

@@ -86,9 +86,13 @@ def test_leaderboard_is_written_with_its_provenance_and_check_passes(tmp_path):
     assert written.returncode == 0, written.stderr
     md, tex = (repo / "reports" / "leaderboard.md").read_text(), (repo / "reports" / "leaderboard.tex").read_text()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout[:10]
-    footer = f"Generated from 45 record(s) (43 finished) under results/ at commit {commit} (2026-11-20)"
-    assert md.startswith("# qatbench leaderboard\n") and footer in md.splitlines()[-1]
-    assert tex.startswith("% # qatbench leaderboard") and r"\begin{table}" in tex and footer in tex
+    footer = [
+        "Generated from 45 record(s) (43 finished) under results/ by `qatbench report --leaderboard`.",
+        f"Records as of commit {commit} (2026-11-20).",
+    ]
+    assert md.startswith("# qatbench leaderboard\n") and md.splitlines()[-2:] == footer
+    assert tex.startswith("% # qatbench leaderboard") and r"\begin{table}" in tex
+    assert tex.splitlines()[-2:] == [f"% {line}" for line in footer]
     assert "lsq [paper]" in md  # the references of suites/references sit beside the measured rows
     check = run_cli("report", "--check", cwd=repo)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -97,9 +101,12 @@ def test_leaderboard_is_written_with_its_provenance_and_check_passes(tmp_path):
     record.write_text(record.read_text().replace('"seed": 0', '"seed": 7'))
     assert run_cli("report", "--leaderboard", cwd=repo).returncode == 0
     assert (
-        "at commit " + commit + " (2026-11-20), with uncommitted changes"
+        f"Records as of commit {commit} (2026-11-20), with uncommitted changes."
         in (repo / "reports" / "leaderboard.md").read_text()
     )
+    # the same records from another cwd, or given as an absolute path: the same leaderboard
+    elsewhere = run_cli("report", str(repo / "results"), "--check", "--out", str(repo / "reports"), cwd=tmp_path)
+    assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
 
 
 @pytest.mark.parametrize("change", ["edit_leaderboard", "edit_record", "delete_leaderboard"])
@@ -110,8 +117,8 @@ def test_check_fails_on_a_stale_leaderboard(tmp_path, change):
     if change == "edit_leaderboard":
         board.write_text(board.read_text().replace("63.2 ± 1.1", "64.2 ± 1.1"))
     elif change == "edit_record":
-        record = repo / "results" / "golden" / "gfpq-W4A4-0-0" / "curve.jsonl"
-        record.write_text(record.read_text().replace('"ood_acc": 0.', '"ood_acc": 0.1', 1))
+        record = repo / "results" / "golden" / "gfpq-W4A4-0-0" / "record.json"
+        record.write_text(record.read_text().replace('"seed": 0', '"seed": 5'))
     else:
         board.unlink()
     check = run_cli("report", "--check", cwd=repo)
@@ -122,6 +129,20 @@ def test_check_fails_on_a_stale_leaderboard(tmp_path, change):
 
 def test_provenance_outside_git_says_so(tmp_path):
     assert leaderboard.provenance(tmp_path) == "no git history"
+
+
+def test_check_ignores_only_the_provenance_line(tmp_path):
+    """A leaderboard committed together with its records, a squash merge or a shallow clone moves the commit
+    the footer names; that alone never makes it stale."""
+    repo = _repo_with_results(tmp_path)
+    assert run_cli("report", "--leaderboard", cwd=repo).returncode == 0
+    board = repo / "reports" / "leaderboard.md"
+    lines = board.read_text().splitlines()
+    assert lines[-1].startswith("Records as of commit ")
+    board.write_text("\n".join([*lines[:-1], "Records as of commit 0123456789 (2020-01-01)."]) + "\n")
+    assert run_cli("report", "--check", cwd=repo).returncode == 0
+    board.write_text("\n".join([*lines[:-2], "Generated from 44 record(s)", lines[-1]]) + "\n")
+    assert run_cli("report", "--check", cwd=repo).returncode == 1
 
 
 def test_report_figures_are_written_with_out(tmp_path):

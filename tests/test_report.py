@@ -14,7 +14,7 @@ import pytest
 
 from qatbench import report
 from qatbench.report.select import LastCheckpoint, TrainingDomainValidation
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 ENVS = ["0", "15", "30"]
 
@@ -161,7 +161,7 @@ def test_a_done_record_missing_table_keys_or_curve_is_left_out_not_fatal(results
     (results / "suite" / "b" / "curve.jsonl").write_text('{"step": 10}\n')
     table = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)[0]
     assert table.n.loc[("erm", "FP"), ("OOD", "0")] == 0  # a: no environments, b: no accuracies
-    assert table.reasons.loc[("erm", "FP"), ("OOD", "0")] == "not run"
+    assert table.reasons.loc[("erm", "FP"), ("OOD", "0")] == "1 done without a selectable evaluation (see the log)"
 
 
 def test_a_copied_run_folder_counts_once(results):
@@ -212,3 +212,40 @@ def test_report_layer_never_imports_torch(results):
         [sys.executable, "-c", code, str(results)], check=True, cwd=ROOT, capture_output=True, text=True
     )
     assert r"\begin{table}" in out.stdout
+
+
+def _id_only(results: Path) -> Path:
+    """A CIFAR-like suite: no test domain (test_envs: none), so no OOD accuracy at all."""
+    for run_id, label, bits, seed, acc in [("i0", "erm", "FP", 0, 0.9), ("i1", "erm", "FP", 1, 0.92)] + [
+        (f"q{s}", "lsq", "W4A4", s, 0.8 + s / 100) for s in range(2)
+    ]:
+        _write_run(results, run_id, label=label, bits=bits, seed=seed, test_env=0, curve=[(acc, None, None)])
+        path = results / "suite" / run_id / "record.json"
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "test_envs": [], "environments": ["train"]}))
+    return results
+
+
+def test_an_id_only_suite_has_id_columns_and_draws_its_figures(tmp_path):
+    results = _id_only(tmp_path / "results")
+    [table] = report.build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)
+    assert list(table.mean.columns) == [("I.D.", "no test domain"), ("I.D.", "Avg")]
+    assert table.mean.loc[("lsq", "W4A4"), ("I.D.", "Avg")] == pytest.approx(80.5)
+    assert (table.reasons == "").all().all()  # every cell is complete: no OOD cell asks for a reason
+    out = run_cli("report", str(results), "--out", str(tmp_path / "out"), "--references", "none")
+    assert out.returncode == 0, out.stderr
+    figures = tmp_path / "out" / "figures" / "suite_RotatedMNIST_small_cnn"
+    assert (figures / "accuracy_vs_bits.png").is_file() and not (figures / "id_vs_ood.png").exists()
+
+
+def test_a_pipe_in_a_label_or_error_never_splits_a_markdown_cell(results):
+    _write_run(results, "p", label="my|method", bits="W4A4", seed=0, test_env=0, curve=[(0.5, 0.5, 0.5)])
+    _write_run(
+        results, "q", label="my|method", bits="W4A4", seed=1, test_env=0, curve=[], status="failed",
+        error="ValueError: bad | value\nsecond line with % and _",
+    )  # fmt: skip
+    text = report.render(report.load_records(results))
+    row = next(line for line in text.splitlines() if line.startswith("| my"))
+    assert row.count(" | ") == 7 and "my\\|method" in row  # 8 columns: 7 inner separators and "bad \\| value" in row
+    tex = report.render(report.load_records(results), format="latex")
+    assert "second line" not in tex  # the not-counted list keeps each error to its first line, in comments

@@ -397,7 +397,7 @@ def test_a_paper_delta_keeps_its_printed_digits_and_sign(records, tmp_path):
 def test_a_delta_whose_baseline_did_not_run_says_so(records, tmp_path):
     notes = _notes(_render(records, tmp_path, "gaqat,PACS,resnet18,W4A4,avg,ood_acc_delta,3.1,pact,Paper E,,,,"))
     assert notes == [
-        "Paper E: gaqat − pact, OOD Avg, W4A4 (resnet18): +3.1 pp; here: not run (gaqat and pact at W4A4 needed).",
+        "Paper E: gaqat − pact, OOD Avg, W4A4 (resnet18): +3.1 pp; here: not run: pact at W4A4.",
         "[paper] rows and paper deltas as printed in: Paper E.",
     ]
 
@@ -440,7 +440,7 @@ def test_the_committed_gaqat_references_join_a_pacs_resnet18_table(records):
     }
     assert _notes(text) == [
         "arXiv:2412.05551 abstract: gaqat − lsq_sagm, OOD Avg, W4A4 (resnet50): up to +4.5 pp; "
-        "here: not run (gaqat and lsq_sagm at W4A4 needed).",
+        "here: not run: lsq_sagm at W4A4.",
         "[paper] rows and paper deltas as printed in: Wang-pengfei/SAGM README; arXiv:2412.05551 abstract.",
         "Setting differs: the paper's architecture is resnet50; here resnet18.",
         "Setting differs: the paper's image size is 224 px; here 64.",

@@ -18,7 +18,7 @@ from qatbench.report.comparisons import comparison_table
 from qatbench.report.render import TextTable, to_latex, to_markdown
 from qatbench.report.select import SELECTIONS, LastCheckpoint, TestDomainOracle, TrainingDomainValidation
 from qatbench.report.sharpness import MIN_RUNS, correlation_tables, kendall
-from qatbench.report.significance import ALPHA, bootstrap_ci, compare, welch
+from qatbench.report.significance import ALPHA, bootstrap_ci, compare, welch, welch_ci
 from qatbench.report.tables import DAGGER, best_cells, build_tables, to_text
 
 ENVS = ["0", "15", "30"]
@@ -263,9 +263,20 @@ def test_welch_is_nan_with_fewer_than_two_values(a, b):
     assert math.isnan(welch(a, b))
 
 
-def test_welch_on_two_constants():
-    assert welch([0.5, 0.5, 0.5], [0.5, 0.5]) == 1.0
-    assert welch([0.5, 0.5, 0.5], [0.6, 0.6, 0.6]) == 0.0
+def test_welch_on_two_constants_is_undefined():
+    # no spread in either group says nothing about seed noise: never a mark
+    assert math.isnan(welch([0.5, 0.5, 0.5], [0.5, 0.5]))
+    assert math.isnan(welch([0.5, 0.5, 0.5], [0.6, 0.6, 0.6]))
+
+
+def test_welch_ci_is_the_t_interval_with_welch_satterthwaite_df():
+    a, b = np.array([4.0, 5.0, 6.5]), np.array([1.0, 2.0, 3.0, 2.5])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    delta = a.mean() - b.mean()
+    assert welch_ci(a, b) == pytest.approx((delta - half, delta + half), rel=1e-12)
+    assert all(math.isnan(x) for x in welch_ci([1.0], [2.0, 3.0]))
 
 
 def test_bootstrap_ci_is_deterministic_and_brackets_the_observed_delta():
@@ -293,7 +304,10 @@ def test_compare_gives_delta_counts_and_the_significance_flag():
     assert (result.n, result.n_baseline) == (3, 4)
     assert result.p_value == pytest.approx(_welch_by_hand([4, 5, 6], [1, 2, 3, 2]), rel=1e-12)
     assert result.p_value < ALPHA and result.significant
-    assert (result.ci_low, result.ci_high) == bootstrap_ci([4.0, 5.0, 6.0], [1.0, 2.0, 3.0, 2.0])
+    assert (result.ci_low, result.ci_high) == welch_ci([4.0, 5.0, 6.0], [1.0, 2.0, 3.0, 2.0])
+    assert result.ci_low > 0  # the interval excludes 0 exactly when p < 0.05
+    boot = compare([4.0, 5.0, 6.0], [1.0, 2.0, 3.0, 2.0], interval="bootstrap")
+    assert (boot.ci_low, boot.ci_high) == bootstrap_ci([4.0, 5.0, 6.0], [1.0, 2.0, 3.0, 2.0])
 
     close = compare([1.0, 2.0, 3.0], [1.5, 2.5, 3.5])
     assert close.delta == pytest.approx(-0.5)
@@ -346,6 +360,13 @@ def test_kendall_drops_pairs_with_a_nan():
     assert math.isnan(tau) and n == 3
 
 
+def _run_keys(records: pd.DataFrame) -> pd.DataFrame:
+    """The keys every table needs: one run per label, all on test domain "0"."""
+    return records.assign(
+        label=records["run_id"], seed=0, test_envs=[[0]] * len(records), environments=[["0", "15"]] * len(records)
+    )
+
+
 @pytest.fixture
 def sharpness_records() -> pd.DataFrame:
     """W8A8: λ_max rises as OOD acc falls (tau -1); W4A4: both rise (tau +1); a failed run is ignored."""
@@ -369,6 +390,7 @@ def sharpness_records() -> pd.DataFrame:
             "hessian.trace": [float(r["trace"]) for r in rows],
         }
     )
+    records = _run_keys(records)
     failed = records.iloc[[0]].assign(run_id="broken", status="failed", **{"hessian.top_eigenvalue": 100.0})
     return pd.concat([records, failed], ignore_index=True)
 
@@ -377,22 +399,32 @@ def test_correlation_table_has_a_row_per_bit_width_and_one_pooling_them(sharpnes
     [table] = correlation_tables(sharpness_records)
     assert table.title == "suite · RotatedMNIST · small_cnn · sharpness vs OOD"
     cells = table.cells
-    assert list(cells.index) == ["W8A8", "W4A4", "all"]  # widest first, then the pool
-    assert cells.loc["W8A8", "n"] == "4" and cells.loc["all", "n"] == "8"  # the failed run is not counted
+    assert list(cells.index) == [("0", "W8A8"), ("0", "W4A4"), ("0", "all")]  # per domain: widest, then the pool
     p4 = 2 / math.factorial(4)  # 0.0833: exact two-sided p of a perfect order of 4
-    assert cells.loc["W8A8", "τ(λ_max, OOD acc)"] == f"-1.00 (p={p4:.3f})" == "-1.00 (p=0.083)"
-    assert cells.loc["W8A8", "τ(λ_max, OOD gap)"] == "+1.00 (p=0.083)"  # gap = 0.95 - ood rises with λ
-    assert cells.loc["W8A8", "τ(Tr(H), OOD acc)"] == "-1.00 (p=0.083)"
-    assert cells.loc["W4A4", "τ(λ_max, OOD acc)"] == "+1.00 (p=0.083)"
-    assert cells.loc["W4A4", "τ(Tr(H), OOD acc)"] == "—"  # one trace is NaN: 3 < MIN_RUNS points
+    assert cells.loc[("0", "W8A8"), "τ(λ_max, OOD acc)"] == f"-1.00 (p={p4:.3f}, n=4)" == "-1.00 (p=0.083, n=4)"
+    assert cells.loc[("0", "W8A8"), "τ(λ_max, OOD gap)"] == "+1.00 (p=0.083, n=4)"  # gap = 0.95 - ood
+    assert cells.loc[("0", "W8A8"), "τ(Tr(H), OOD acc)"] == "-1.00 (p=0.083, n=4)"
+    assert cells.loc[("0", "W4A4"), "τ(λ_max, OOD acc)"] == "+1.00 (p=0.083, n=4)"
+    assert cells.loc[("0", "W4A4"), "τ(Tr(H), OOD acc)"] == "—"  # one trace is NaN: 3 < MIN_RUNS points
     eig = sharpness_records["hessian.top_eigenvalue"][:8]
     ood = sharpness_records["ood_acc"][:8]
     pooled = stats.kendalltau(eig, ood)
-    expected = f"{pooled.statistic:+.2f} (p={pooled.pvalue:.3f})"
-    assert cells.loc["all", "τ(λ_max, OOD acc)"] == expected
+    expected = f"{pooled.statistic:+.2f} (p={pooled.pvalue:.3f}, n=8)"  # the failed run is not counted
+    assert cells.loc[("0", "all"), "τ(λ_max, OOD acc)"] == expected
     # by hand: of the 28 pairs 9 concordant, 16 discordant, 3 tied in ood only (0.6, 0.7, 0.8 appear twice)
     assert pooled.statistic == pytest.approx((9 - 16) / math.sqrt(28 * (28 - 3)))
-    assert expected == "-0.26 (p=0.375)"
+    assert expected == "-0.26 (p=0.375, n=8)"
+    assert cells.loc[("0", "all"), "τ(Tr(H), OOD acc)"].endswith("n=7)")  # n per pair: one trace is NaN
+
+
+def test_correlation_is_per_test_domain(sharpness_records):
+    other = sharpness_records.assign(
+        run_id=sharpness_records["run_id"] + "-d2", label=sharpness_records["label"] + "-d2", test_envs=[[1]] * 9
+    )
+    other["ood_acc"] = other["ood_acc"] - 0.5  # another domain's scale: pooled, it would swamp the ranks
+    [table] = correlation_tables(pd.concat([sharpness_records, other], ignore_index=True))
+    assert list(table.cells.index.get_level_values(0).unique()) == ["0", "15"]
+    assert table.cells.loc[("15", "W8A8"), "τ(λ_max, OOD acc)"] == "-1.00 (p=0.083, n=4)"
 
 
 def test_correlation_p_below_a_thousandth_prints_as_such(sharpness_records):
@@ -410,21 +442,20 @@ def test_correlation_p_below_a_thousandth_prints_as_such(sharpness_records):
             "hessian.top_eigenvalue": [float(k + 1) for k in range(8)],
         }
     )
-    tables = correlation_tables(pd.concat([sharpness_records, eight], ignore_index=True))
+    tables = correlation_tables(pd.concat([sharpness_records, _run_keys(eight)], ignore_index=True))
     assert [t.title for t in tables] == [
         "suite · RotatedMNIST · resnet · sharpness vs OOD",
         "suite · RotatedMNIST · small_cnn · sharpness vs OOD",
     ]
     cells = tables[0].cells
     assert 2 / math.factorial(8) < 0.001  # exact p of a perfect order of 8
-    assert cells.loc["W2A2", "τ(λ_max, OOD acc)"] == "-1.00 (p<0.001)"
-    assert cells.loc["W2A2", "τ(Tr(H), OOD acc)"] == "—"  # no trace column for these runs at all
-    assert cells.loc["W2A2", "n"] == "8"
+    assert cells.loc[("0", "W2A2"), "τ(λ_max, OOD acc)"] == "-1.00 (p<0.001, n=8)"
+    assert cells.loc[("0", "W2A2"), "τ(Tr(H), OOD acc)"] == "—"  # no trace column for these runs at all
 
 
 def test_correlation_table_with_one_bit_width_has_no_pooled_row(sharpness_records):
     [table] = correlation_tables(sharpness_records[sharpness_records["bits"] == "W4A4"])
-    assert list(table.cells.index) == ["W4A4"]
+    assert list(table.cells.index) == [("0", "W4A4")]
 
 
 def test_no_correlation_table_without_sharpness(sharpness_records):
@@ -520,7 +551,7 @@ def test_a_domain_never_attempted_reads_not_run(tmp_path: Path):
     assert list(table.mean.columns.get_level_values(1).unique()) == ["0", "30", "Avg"]
     assert _text(table, ("pact", "W4A4"), ("OOD", "30")) == "not run"
     assert _text(table, ("pact", "W4A4"), ("OOD", "Avg")) == "30: not run"  # the incomplete domain, and why
-    assert _text(table, ("pact", "W4A4"), ("OOD", "0")) == f"60.0 ± 0.0{DAGGER}"  # constants 60 vs 50: p = 0
+    assert _text(table, ("pact", "W4A4"), ("OOD", "0")) == "60.0 ± 0.0"  # constants 60 vs 50: no test, no mark
     assert _text(table, ("lsq", "W4A4"), ("OOD", "Avg")) == "60.0 ± 0.0"  # per seed (50 + 70) / 2
 
 
@@ -600,17 +631,10 @@ def test_comparison_rows_hold_delta_ci_and_p_against_the_baseline(tables):
     assert dorefa["Baseline"] == "lsq"
     assert dorefa["Δ OOD"] == f"+10.0{DAGGER}"
     assert dorefa["p OOD"] == f"{_welch_by_hand([60, 61, 62], [50, 51, 52]):.3f}" == "0.000"
-    # percentile bootstrap, each group's seeds resampled on its own, 10,000 resamples, seed 0
-    ours, theirs = np.multiply(DOREFA_OOD, 100), np.multiply(LSQ_OOD, 100)
-    ci = stats.bootstrap(
-        (ours, theirs),
-        lambda a, b, axis: a.mean(axis=axis) - b.mean(axis=axis),
-        n_resamples=10_000,
-        method="percentile",
-        rng=np.random.default_rng(0),
-    ).confidence_interval
-    assert dorefa["95% CI OOD"] == f"[{ci.low:+.1f}, {ci.high:+.1f}]"
-    assert 8.0 - 1e-9 <= ci.low <= 10.0 <= ci.high <= 12.0 + 1e-9  # extreme resamples: 60 - 52, 62 - 50
+    # Welch's interval: delta ± t(0.975, df) * se, se = sqrt(1/3 + 1/3) (both groups have variance 1)
+    se, df = math.sqrt(2 / 3), 4.0
+    ci = (10.0 - stats.t.ppf(0.975, df) * se, 10.0 + stats.t.ppf(0.975, df) * se)
+    assert dorefa["95% CI OOD"] == f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" == "[+7.7, +12.3]"
     id_delta = mean.loc[("dorefa", "W4A4"), ("I.D.", "Avg")] - mean.loc[("lsq", "W4A4"), ("I.D.", "Avg")]
     assert dorefa["Δ I.D."] == f"{id_delta:+.1f}" == "+0.0"  # no dagger
     assert dorefa["p I.D."] == f"{_welch_by_hand(np.multiply(DOREFA_ID, 100), np.multiply(LSQ_ID, 100)):.3f}"

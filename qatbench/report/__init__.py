@@ -106,7 +106,7 @@ def _not_counted(records: pd.DataFrame, format: Format) -> str:
         what = " ".join(f"{row.get(k, '?')}" for k in ("run_id", "label", "bits"))
         lines.append(
             f"{comment}- {what} seed {row.get('seed', '?')} test_envs {row.get('test_envs', '?')}: "
-            f"{row['status']}: {row.get('error') or ''}"
+            f"{row['status']}: {str(row.get('error') or '').strip().splitlines()[0] if row.get('error') else ''}"
         )
     return "\n".join(lines) + "\n"
 

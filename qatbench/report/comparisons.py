@@ -1,5 +1,5 @@
-"""Each method against the suite's baseline at the same bits: the difference of the Avg columns with a
-bootstrap confidence interval and Welch's p, the numbers behind the accuracy tables' daggers."""
+"""Each method against the suite's baseline at the same bits: the difference of the Avg columns with
+Welch's confidence interval and p-value, the numbers behind the accuracy tables' daggers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from qatbench.report.render import TextTable
-from qatbench.report.significance import ALPHA, BOOTSTRAP_RESAMPLES, compare
+from qatbench.report.significance import ALPHA, compare
 from qatbench.report.tables import AVG, BASELINES, FP, METRICS, Table
 
 
@@ -45,8 +45,8 @@ def comparison_table(table: Table, baselines: dict[str, str] | None = None) -> T
     caption = (
         f"Avg accuracy (percentage points) minus the baseline's at the same bits (quantized rows: "
         f"{baselines['quantized']}, FP rows: {baselines['fp']}), over the seeds that have every domain; "
-        f"95% percentile bootstrap CI of the difference of means ({BOOTSTRAP_RESAMPLES:,} resamples, each "
-        f"group's seeds resampled on their own); two-sided Welch's t-test, † p < {ALPHA}. With 3 seeds a "
-        f"group, a missing dagger means little."
+        f"95% confidence interval of the difference and two-sided p-value of Welch's t-test, † p < {ALPHA} "
+        f"(uncorrected for the number of rows). With a handful of seeds a group, a missing dagger means little; "
+        f"— : fewer than 2 seeds in a group, or neither group varies."
     )
     return TextTable(f"{table.title} · vs baseline", cells, caption)

@@ -37,7 +37,7 @@ def _bits_order(values: pd.DataFrame) -> list[str]:
     def width(bits: str) -> int:
         return 32 if bits == FP else int("".join(c for c in bits.split("A")[0] if c.isdigit()) or 0)
 
-    return sorted(set(values["bits"]) - {FP}, key=width)
+    return sorted(set(values["bits"]) - {FP}, key=lambda bits: (width(bits), bits))
 
 
 @_styled
@@ -51,6 +51,9 @@ def accuracy_vs_bits_figure(values: pd.DataFrame, title: str) -> Figure:
     colors = dict(zip(quantized + fp_rows, sns.color_palette("husl", len(quantized) + len(fp_rows))))
     for ax, header in zip(axes, HEADERS):
         cells = values[values["header"] == header]
+        if cells.empty:  # I.D.-only suites
+            ax.set_axis_off()
+            continue
         stats = cells.groupby(["label", "bits"])["value"].agg(["mean", "std"]).reset_index()
         for label in quantized:
             line = stats[(stats["label"] == label) & (stats["bits"] != FP)].set_index("bits").reindex(order)
@@ -72,7 +75,8 @@ def accuracy_vs_bits_figure(values: pd.DataFrame, title: str) -> Figure:
 @_styled
 def id_vs_ood_figure(values: pd.DataFrame, title: str) -> Figure:
     """One point per method, bits and seed (Avg over domains); the diagonal is no OOD gap."""
-    wide = values.pivot_table(index=["label", "bits", "seed"], columns="header", values="value").dropna().reset_index()
+    wide = values.pivot_table(index=["label", "bits", "seed"], columns="header", values="value")
+    wide = wide.reindex(columns=list(HEADERS)).dropna().reset_index()
     fig = Figure(figsize=(5.2, 4.0), layout="constrained")
     ax = fig.add_subplot()
     sns.scatterplot(data=wide, x="I.D.", y="OOD", hue="label", style="bits", ax=ax, s=18, palette="husl")
@@ -95,11 +99,17 @@ def sharpness_vs_ood_figure(runs: pd.DataFrame, title: str) -> Figure:
     for ax, measure in zip(axes, measures):
         data = runs.assign(ood=runs["ood_acc"] * 100, x=runs[measure])
         data = data[data["x"] > 0]  # a log axis: non-positive sharpness (a saddle) cannot be drawn
-        sns.scatterplot(data=data, x="x", y="ood", hue="bits", ax=ax, s=14, palette="colorblind")
+        style = "domain" if data["domain"].nunique() > 1 else None
+        sns.scatterplot(data=data, x="x", y="ood", hue="bits", style=style, ax=ax, s=14, palette="colorblind")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide on short log ranges
-        tau, p, n = kendall(runs[measure], runs["ood_acc"])
-        ax.set_title(f"τ = {tau:+.2f} (p = {p:.3g}, n = {n})" if np.isfinite(tau) else f"n = {n}", fontsize=7)
+        taus = []  # per test domain: OOD accuracies of different domains are not on one scale
+        for domain, group in runs.groupby("domain", sort=False):
+            tau, p, n = kendall(group[measure], group["ood_acc"])
+            taus.append(
+                f"{domain}: τ = {tau:+.2f} (p = {p:.2g}, n = {n})" if np.isfinite(tau) else f"{domain}: n = {n}"
+            )
+        ax.set_title("\n".join(taus), fontsize=6)
         ax.set_xlabel(SHARPNESS[measure])
         ax.set_ylabel("OOD accuracy (%), final weights")
         ax.legend(frameon=False, fontsize=5)
@@ -120,7 +130,8 @@ def report_figures(tables: list[Table], records: pd.DataFrame, out: Path) -> lis
         if len(values):
             if _bits_order(values):
                 written += save_figure(accuracy_vs_bits_figure(values, title), folder / "accuracy_vs_bits")
-            written += save_figure(id_vs_ood_figure(values, title), folder / "id_vs_ood")
+            if (values["header"] == "OOD").any():  # I.D.-only suites (test_envs: none) have no OOD axis
+                written += save_figure(id_vs_ood_figure(values, title), folder / "id_vs_ood")
         mine = (
             runs[(runs["suite"] == key[0]) & (runs["dataset"] == key[1]) & (runs["model"] == key[2])]
             if len(runs)

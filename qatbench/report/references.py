@@ -85,6 +85,12 @@ def attach_references(table: Table, references: pd.DataFrame, runs: pd.DataFrame
         texts = {}
         for row in group.itertuples():
             column = (ABSOLUTE[row.metric], _column(row.test_env, table))
+            if column not in table.mean.columns:
+                table.notes.append(
+                    f"{name} {row.bits}: the paper's {row.metric} on test domain '{row.test_env}' ({row.value}, "
+                    f"{row.source}) has no column in this table."
+                )
+                continue
             texts.setdefault(column, row.value)
         table.extra_rows.append(((name, ref_bits), texts))
         shown.extend(row for _, row in group.iterrows())
@@ -132,10 +138,14 @@ def _our_delta(table: Table, method: str, baseline: str, bits: str, column: tupl
     if bits not in (table.key[3], FP) and bits != "unknown":
         return f"not run at {bits}"
     bits = table.key[3] if bits == "unknown" else bits
-    try:
-        ours, theirs = table.mean.loc[(method, bits), column], table.mean.loc[(baseline, bits), column]
-    except KeyError:
-        return f"not run ({method} and {baseline} at {bits} needed)"
+    if column not in table.mean.columns:
+        return f"no column for test domain '{column[1]}' in this table"
+    rows = set(table.mean.index)
+    base_bits = FP if (baseline, bits) not in rows and (baseline, FP) in rows else bits  # an FP baseline (erm)
+    missing = [f"{m} at {b}" for m, b in ((method, bits), (baseline, base_bits)) if (m, b) not in rows]
+    if missing:
+        return f"not run: {' and '.join(missing)}"
+    ours, theirs = table.mean.loc[(method, bits), column], table.mean.loc[(baseline, base_bits), column]
     if pd.isna(ours) or pd.isna(theirs):
         return "no finished runs to compare"
     return f"{ours - theirs:+.1f} pp ({method} − {baseline}, {bits})"

@@ -27,7 +27,10 @@ class TextTable:
 def to_markdown(tables: list[TextTable]) -> str:
     blocks = []
     for table in tables:
-        cells = table.cells.copy()
+        cells = table.cells.map(_md_escape)
+        cells.index = cells.index.map(
+            lambda key: tuple(map(_md_escape, key)) if isinstance(key, tuple) else _md_escape(key)
+        )
         if table.bold is not None:
             cells = cells.mask(table.bold.fillna(False).astype(bool), "**" + cells + "**")
         if isinstance(cells.columns, pd.MultiIndex):
@@ -36,6 +39,11 @@ def to_markdown(tables: list[TextTable]) -> str:
         notes = "".join(f"- {note}\n" for note in table.notes)
         blocks.append(f"### {table.title}\n\n{body}\n\n{table.caption}\n" + (f"\n{notes}" if notes else ""))
     return "\n".join(blocks)
+
+
+def _md_escape(text) -> str:
+    """A '|' inside a cell (a label, an error message) would start a new column."""
+    return str(text).replace("|", "\\|")
 
 
 def to_latex(tables: list[TextTable]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from qatbench.report.tables import Table
+from qatbench.report.tables import Table, finished_runs
 
 SHARPNESS = (("hessian.top_eigenvalue", "λ_max"), ("hessian.trace", "Tr(H)"), ("hessian.loss", "Loss"))
 
@@ -19,7 +19,7 @@ SHARPNESS = (("hessian.top_eigenvalue", "λ_max"), ("hessian.trace", "Tr(H)"), (
 def sharpness_tables(records: pd.DataFrame) -> list[Table]:
     if records.empty or "hessian.trace" not in records and "hessian.top_eigenvalue" not in records:
         return []
-    done = records[(records["status"] == "done")]
+    done, _ = finished_runs(records)  # the newest record per cell, as in the accuracy tables
     present = [(key, header) for key, header in SHARPNESS if key in done]
     done = done.dropna(subset=[key for key, _ in present], how="all")
     tables = []

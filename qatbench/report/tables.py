@@ -118,6 +118,7 @@ def per_seed_values(runs: pd.DataFrame, domains: list[str]) -> pd.DataFrame:
     frames = []
     for metric, header in METRICS:
         cells = runs[["label", "bits", "domain", "seed"]].assign(header=header, value=runs[metric] * 100)
+        cells = cells.dropna(subset=["value"])  # no test domain: no OOD accuracy
         frames.append(cells)
         wide = cells.pivot_table(index=["label", "bits", "seed"], columns="domain", values="value")
         complete = wide.reindex(columns=domains).dropna()  # Avg only over seeds with every domain
@@ -142,7 +143,8 @@ def build_tables(
         quantized = [b for b in all_bits if b != FP] or [FP]
         for bits in quantized:
             rows = attempted[attempted["bits"].isin({bits, FP})]
-            table = _table(rows, done[done["bits"].isin({bits, FP})] if len(done) else done, (*key, bits), selection)
+            chosen = done[done["bits"].isin({bits, FP})] if len(done) else done
+            table = _table(rows, chosen, (*key, bits), selection)
             if table is None:
                 continue
             table.p_values = _p_values(table, baselines)
@@ -164,7 +166,8 @@ def _table(attempted: pd.DataFrame, runs: pd.DataFrame, key: tuple, selection: S
         .sort_values(["w_bits", "label", "bits"], ascending=[False, True, True])
     )
     index = pd.MultiIndex.from_frame(rows[["label", "bits"]], names=["Method", "Bits"])
-    columns = pd.MultiIndex.from_tuples([(header, d) for _, header in METRICS for d in [*domains, AVG]])
+    headers = [h for m, h in METRICS if not (m == "ood_acc" and domains == [NO_TEST_DOMAIN])]  # I.D.-only suites
+    columns = pd.MultiIndex.from_tuples([(header, d) for header in headers for d in [*domains, AVG]])
     mean, std = (pd.DataFrame(np.nan, index=index, columns=columns) for _ in range(2))
     n = pd.DataFrame(0, index=index, columns=columns)
     values = (
@@ -172,49 +175,58 @@ def _table(attempted: pd.DataFrame, runs: pd.DataFrame, key: tuple, selection: S
         if len(runs)
         else pd.DataFrame(columns=["label", "bits", "header", "domain", "seed", "value"])
     )
+    values = values[values["header"].isin(headers)]
     for (label, bits, header, domain), cell in values.groupby(["label", "bits", "header", "domain"]):
         mean.loc[(label, bits), (header, domain)] = cell["value"].mean()
         std.loc[(label, bits), (header, domain)] = cell["value"].std(ddof=1)
         n.loc[(label, bits), (header, domain)] = len(cell)
-    expected = int(attempted["seed"].nunique())
-    reasons = _reasons(attempted, n, expected, domains)
+    # the seeds a row should have: those attempted by any row of its kind (FP, or this bit width)
+    expected = {b: int(attempted.loc[attempted["bits"] == b, "seed"].nunique()) for b in attempted["bits"].unique()}
+    reasons = _reasons(attempted, set(runs["run_id"]) if len(runs) else set(), n, expected, domains)
     suite, dataset, model, bits = key
+    seeds = sorted(set(expected.values()))
+    only_fp = all(b == FP for _, b in index)
     caption = (
-        f"Accuracy (%) on the whole test domain (OOD) and on held-out data of the training domains (I.D.); "
-        f"mean ± sample standard deviation over n = {expected} seeds unless a cell says otherwise; "
-        f"{selection.description} model selection. Columns name the test domain; Avg averages the domains "
-        f"per seed first. Bold: the best quantized method of each column. {DAGGER}: differs from the "
-        f"baseline at the same bits (Welch's t-test over seeds, p < {ALPHA})."
+        f"Accuracy (%) {selection.ood_description} (OOD) and on held-out data of the training domains (I.D.); "
+        f"mean ± sample standard deviation over n = {' or '.join(map(str, seeds))} seeds unless a cell says "
+        f"otherwise; {selection.description} model selection. Columns name the test domain; Avg averages the "
+        f"domains per seed first. Bold: the best {'' if only_fp else 'quantized '}method of each column among "
+        f"cells with every seed. {DAGGER}: differs from the baseline at the same bits (Welch's t-test over "
+        f"seeds, p < {ALPHA}, uncorrected for the number of cells)."
     )
     title = " · ".join(str(part) for part in key)
     return Table(title, mean, std, n, caption, reasons=reasons, values=values, key=key)
 
 
-def _reasons(attempted: pd.DataFrame, n: pd.DataFrame, expected: int, domains: list[str]) -> pd.DataFrame:
+def _reasons(
+    attempted: pd.DataFrame, selected: set[str], n: pd.DataFrame, expected: dict[str, int], domains: list[str]
+) -> pd.DataFrame:
     """Why each cell lacks seeds: "2/3 seeds", "failed: <reason>", "not run"; "" for a full cell.
     An Avg without a single complete seed names its incomplete domains and why."""
     reasons = pd.DataFrame("", index=n.index, columns=n.columns)
     for label, bits in n.index:
         row = attempted[(attempted["label"] == label) & (attempted["bits"] == bits)]
-        why = {d: _why(row[row["domain"] == d]) for d in domains}
+        why = {d: _why(row[row["domain"] == d], selected) for d in domains}
+        want = expected.get(bits, 0)
         for header in n.columns.get_level_values(0).unique():
             for domain in domains:
                 got = int(n.loc[(label, bits), (header, domain)])
-                if got < expected:
-                    text = f"{got}/{expected} seeds" + (f"; {why[domain]}" if why[domain] else "")
+                if got < want:
+                    text = f"{got}/{want} seeds" + (f"; {why[domain]}" if why[domain] else "")
                     reasons.loc[(label, bits), (header, domain)] = text if got else why[domain] or "not run"
             got = int(n.loc[(label, bits), (header, AVG)])
-            if got < expected:
+            if got < want:
                 incomplete = [f"{d}: {reasons.loc[(label, bits), (header, d)]}" for d in domains]
                 incomplete = [text for text, d in zip(incomplete, domains) if reasons.loc[(label, bits), (header, d)]]
                 reasons.loc[(label, bits), (header, AVG)] = (
-                    f"{got}/{expected} seeds" if got else "; ".join(incomplete) or "no seed has every domain"
+                    f"{got}/{want} seeds" if got else "; ".join(incomplete) or "no seed has every domain"
                 )
     return reasons
 
 
-def _why(tried: pd.DataFrame) -> str:
-    """What the runs of one cell that did not finish say: "failed: <error>", "2 failed: ...", "diverged"."""
+def _why(tried: pd.DataFrame, selected: set[str]) -> str:
+    """What the runs of one cell that did not count say: "failed: <error>", "2 failed: ...", "diverged",
+    "1 done without a selectable evaluation" (no readable curve, or not what the selection needs)."""
     failed = tried[tried["status"].isin(["failed", "diverged"])]
     if len(failed):
         first = failed.iloc[0]
@@ -223,6 +235,9 @@ def _why(tried: pd.DataFrame) -> str:
         reason = reason if len(reason) <= 48 else reason[:45] + "..."
         count = f"{len(failed)} " if len(failed) > 1 else ""
         return f"{count}{first['status']}: {reason}" if first["status"] == "failed" else f"{count}diverged"
+    unselected = tried[(tried["status"] == "done") & ~tried["run_id"].isin(selected)]
+    if len(unselected):
+        return f"{len(unselected)} done without a selectable evaluation (see the log)"
     pending = tried[tried["status"] != "done"]
     if len(pending):
         return f"{len(pending)} {pending.iloc[0]['status']}"
@@ -255,10 +270,13 @@ def best_cells(table: Table) -> pd.DataFrame:
     best = pd.DataFrame(False, index=table.mean.index, columns=table.mean.columns)
     if not table.bold_best:
         return best
+    complete = (table.reasons == "").to_numpy() if table.reasons is not None else np.ones(table.mean.shape, dtype=bool)
     for c, column in enumerate(table.mean.columns):
         shown = np.array([float(f"{m:{table.fmt}}") for m in table.mean[column].to_numpy(float)])  # as printed
-        candidates = np.where(contenders & np.isfinite(shown))[0]
-        if len(candidates) > 1:
+        if (contenders & np.isfinite(shown)).sum() < 2:  # nothing to compare with
+            continue
+        candidates = np.where(contenders & np.isfinite(shown) & complete[:, c])[0]
+        if len(candidates):
             best.iloc[candidates[shown[candidates] == shown[candidates].max()], c] = True
     return best
 
