@@ -1,4 +1,5 @@
-"""`qatbench run | analyze | eval | report | list`: argument parsing only; every command calls the Python API.
+"""`qatbench run | status | clean | analyze | eval | report | list`: argument parsing only; every
+command calls the Python API.
 
 Mistakes in the input end in one line on stderr and exit code 2, never a traceback.
 """
@@ -106,6 +107,20 @@ def _parser() -> argparse.ArgumentParser:
     _common(evaluate)
     evaluate.set_defaults(command=cmd_eval)
 
+    status = commands.add_parser("status", help="done / running / failed / dead / pending runs of a suite, and ETA")
+    status.add_argument("suite", help="suite YAML file")
+    status.add_argument("--results", default="results", help="results folder (default: results)")
+    status.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    status.add_argument("--only", default="", metavar="LABELS", help="only these method entries (labels)")
+    status.set_defaults(command=cmd_status)
+
+    clean = commands.add_parser("clean", help="remove the folders of a suite's dead partial runs")
+    clean.add_argument("suite", help="suite YAML file")
+    clean.add_argument("--incomplete", action="store_true", required=True, help="dead partial runs (required)")
+    clean.add_argument("--results", default="results", help="results folder (default: results)")
+    clean.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    clean.set_defaults(command=cmd_clean)
+
     listing = commands.add_parser("list", help="what can be named in a suite")
     listing.add_argument("what", choices=["methods", "datasets", "models"])
     listing.set_defaults(command=cmd_list)
@@ -186,6 +201,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = api.run(suite, results, data_root=args.data_root, device=args.device, progress=not quiet, only=only)
     print(summary.line())
     return 1 if summary.counts.get("failed") else 0
+
+
+def _suite_specs(args: argparse.Namespace):
+    from qatbench.runner import api
+
+    suite = api.load_suite(args.suite, args.overrides)
+    only = [label.strip() for label in getattr(args, "only", "").split(",") if label.strip()]
+    return suite, api.expand(suite, only)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from qatbench.runner.status import suite_status
+
+    suite, specs = _suite_specs(args)
+    print(suite_status(specs, Path(args.results)).line(suite.name))
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from qatbench.runner.status import clean_incomplete
+
+    suite, specs = _suite_specs(args)
+    removed = clean_incomplete(specs, Path(args.results))
+    for folder in removed:
+        print(f"removed {folder}")
+    print(f"{len(removed)} dead partial run(s) of suite '{suite.name}' removed")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ def plan(specs: list[RunSpec]) -> list[RunSpec]:
 class SweepSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     reused: int = 0
+    elsewhere: list[str] = field(default_factory=list)  # run ids another process was working on
 
     @property
     def counts(self) -> Counter:
@@ -43,7 +44,10 @@ class SweepSummary:
         counts = self.counts
         parts = [f"{counts.get('done', 0)} done"]
         parts += [f"{n} {status}" for status, n in sorted(counts.items()) if status != "done"]
-        return f"{len(self.records)} runs: " + ", ".join(parts) + f" ({self.reused} already finished, skipped)"
+        line = f"{len(self.records)} runs: " + ", ".join(parts) + f" ({self.reused} already finished, skipped)"
+        if self.elsewhere:
+            line += f"; {len(self.elsewhere)} left to another process running them"
+        return line
 
 
 def check_data(specs: list[RunSpec], data_root: Path | None) -> None:
@@ -87,11 +91,18 @@ def run_specs(
     check_analysis(planned, data_root)
     for spec in tqdm(planned, desc="runs", unit="run", disable=not progress):
         folder = store.run_dir(results, spec.suite, spec.run_id)
-        if store.is_finished(folder):
-            record = store.read_record(folder)
-            record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
-            summary.records.append(record)
-            summary.reused += 1
-            continue
-        summary.records.append(run_one(spec, results, data_root=data_root, device=device, progress=progress))
+        if spec.parent is not None:  # a parent another process is training: wait until it is done with it
+            with store.claim(store.run_dir(results, spec.parent.suite, spec.parent.run_id), wait=True):
+                pass
+        with store.claim(folder) as mine:
+            if not mine:
+                summary.elsewhere.append(spec.run_id)
+                continue
+            if store.is_finished(folder):  # checked under the lock: another process may just have finished it
+                record = store.read_record(folder)
+                record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+                summary.records.append(record)
+                summary.reused += 1
+                continue
+            summary.records.append(run_one(spec, results, data_root=data_root, device=device, progress=progress))
     return summary

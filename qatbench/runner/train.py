@@ -67,7 +67,7 @@ def run_one(
     except Diverged as exc:
         record.update(status="diverged", error=str(exc))
     except Exception as exc:  # noqa: BLE001  (a run's failure is data, not a crash)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0] + _hint(exc))
         (folder / store.ERROR_LOG).write_text(traceback.format_exc())
         log.warning("run %s failed: %s", spec.run_id, record["error"])
     record["wall_time_s"] = round(time.time() - started, 3)
@@ -75,6 +75,15 @@ def run_one(
     record = store.flatten(record)
     store.write_json(folder / store.RECORD, record)
     return analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+
+
+OOM_HINT = " (hint: out of memory; lower training.batch_size or training.eval_batch_size, or use a larger device)"
+
+
+def _hint(exc: Exception) -> str:
+    """What to do about a failure a user can fix without reading the traceback."""
+    out_of_memory = isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
+    return OOM_HINT if out_of_memory else ""
 
 
 def analyze_after(
@@ -200,6 +209,8 @@ def _train(
         disable=not progress,
         unit="step",
     )
+    last_beat = time.monotonic()
+    store.beat(folder, 0, spec.steps)
     with bar, open(curve_path, "w") as curve:
         if spec.steps == 0:
             last_eval = _log_eval(curve, 0, {}, method, dataset, splits, spec, device)
@@ -214,6 +225,9 @@ def _train(
             if not all(math.isfinite(v) for v in losses.values()):
                 raise Diverged(f"loss became {losses} at step {step}")
             bar.update(1)
+            if time.monotonic() - last_beat > store.HEARTBEAT_S:
+                store.beat(folder, step, spec.steps)
+                last_beat = time.monotonic()
             if step in eval_steps:
                 last_eval = _log_eval(curve, step, losses, method, dataset, splits, spec, device)
                 shown = {k: last_eval.get(k) for k in ("id_acc", "ood_acc")}
