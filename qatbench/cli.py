@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override a suite field, e.g. --set training.steps=100 (repeatable)",
     )
     run.add_argument(
+        "--workers", type=int, default=1, help="local worker processes, one run each (one GPU each when several)"
+    )
+    run.add_argument(
         "--only",
         default="",
         metavar="LABELS",
@@ -198,7 +201,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(specs)} runs in suite '{suite.name}'")
         return 0
     quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
-    summary = api.run(suite, results, data_root=args.data_root, device=args.device, progress=not quiet, only=only)
+    if args.workers < 1:
+        raise UserError(f"--workers: {args.workers} is not a number of processes; allowed: 1 or more")
+    summary = api.run(
+        suite,
+        results,
+        data_root=args.data_root,
+        device=args.device,
+        progress=not quiet,
+        only=only,
+        workers=args.workers,
+    )
     print(summary.line())
     return 1 if summary.counts.get("failed") else 0
 

@@ -134,3 +134,20 @@ def test_out_of_memory_is_a_failed_record_with_a_hint_and_the_sweep_goes_on(tmp_
     record = store.read_record(tmp_path / "results" / "tiny" / calls[0])
     assert record["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" + train.OOM_HINT
     assert "Traceback" in (tmp_path / "results" / "tiny" / calls[0] / store.ERROR_LOG).read_text()
+
+
+@pytest.mark.slow
+def test_local_workers_share_a_sweep_and_train_each_run_once(tmp_path):
+    suite = write_suite(tmp_path, TINY_SUITE.replace("seeds: [0]", "seeds: [0, 1]"))  # 8 runs
+    results = tmp_path / "results"
+    out = run_cli("run", str(suite), "--results", str(results), "--workers", "2", timeout=900)
+    assert out.returncode == 0, out.stderr
+    match = re.search(
+        r"8 runs: 8 done \(0 already finished, skipped\); trained by 2 workers: (\d+) \+ (\d+)", out.stdout
+    )
+    assert match, out.stdout
+    assert int(match[1]) + int(match[2]) == 8  # every run by exactly one worker
+    records = [json.loads(p.read_text()) for p in results.rglob(store.RECORD)]
+    assert sorted(r["run_id"] for r in records) == sorted({r["run_id"] for r in records}) and len(records) == 8
+    bad = run_cli("run", str(suite), "--results", str(results), "--workers", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--workers" in bad.stderr

@@ -155,6 +155,16 @@ class RunSpec:
         if not self.label:
             object.__setattr__(self, "label", self.method)
 
+    _MAPPINGS = ("hparams", "dataset_options", "model_options")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (local workers receive their runs by pickle): the read-only mappings as dicts."""
+        return {k: dict(v) if k in self._MAPPINGS else v for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, _frozen(value) if key in self._MAPPINGS else value)
+
     @property
     def bits_label(self) -> str:
         return self.quant.label if self.quant else "FP"

@@ -35,6 +35,7 @@ class SweepSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     reused: int = 0
     elsewhere: list[str] = field(default_factory=list)  # run ids another process was working on
+    trained_by_worker: list[int] = field(default_factory=list)  # local workers: runs each one trained
 
     @property
     def counts(self) -> Counter:
@@ -45,6 +46,10 @@ class SweepSummary:
         parts = [f"{counts.get('done', 0)} done"]
         parts += [f"{n} {status}" for status, n in sorted(counts.items()) if status != "done"]
         line = f"{len(self.records)} runs: " + ", ".join(parts) + f" ({self.reused} already finished, skipped)"
+        if self.trained_by_worker:
+            line += (
+                f"; trained by {len(self.trained_by_worker)} workers: {' + '.join(map(str, self.trained_by_worker))}"
+            )
         if self.elsewhere:
             line += f"; {len(self.elsewhere)} left to another process running them"
         return line
@@ -82,13 +87,21 @@ def check_analysis(specs: list[RunSpec], data_root: Path | None) -> None:
 
 
 def run_specs(
-    specs: list[RunSpec], results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
+    specs: list[RunSpec],
+    results: Path,
+    *,
+    data_root: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    checked: bool = False,
 ) -> SweepSummary:
+    """Every run in plan order, each under its lock; `checked`: the data and analysis checks already ran."""
     summary = SweepSummary()
     planned = plan(specs)
-    pending = [s for s in planned if not store.is_finished(store.run_dir(results, s.suite, s.run_id))]
-    check_data(pending, data_root)
-    check_analysis(planned, data_root)
+    if not checked:
+        pending = [s for s in planned if not store.is_finished(store.run_dir(results, s.suite, s.run_id))]
+        check_data(pending, data_root)
+        check_analysis(planned, data_root)
     for spec in tqdm(planned, desc="runs", unit="run", disable=not progress):
         folder = store.run_dir(results, spec.suite, spec.run_id)
         if spec.parent is not None:  # a parent another process is training: wait until it is done with it

@@ -1,0 +1,59 @@
+"""Where the runs of a sweep execute. `local`: N worker processes on this machine, each walking the
+same plan; the run store's locks hand every run to exactly one of them (a worker skips a run another
+holds, and waits for a parent another is training), so the workers need no scheduler of their own,
+and a second `qatbench run` (or a Slurm array task) over the same results folder joins in the same way.
+With several GPUs, worker k uses GPU k modulo their number.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import torch
+
+from qatbench.config import RunSpec
+from qatbench.runner import store
+from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, plan, run_specs
+
+
+def worker_device(device: str, worker: int) -> str:
+    """The device of worker `worker`: its own GPU when `device` is auto or cuda and several are present."""
+    count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    return f"cuda:{worker % count}" if count > 1 else device
+
+
+def _work(args: tuple) -> tuple[int, int]:
+    """One worker: the sweep loop over the shared plan; returns (runs it trained, runs it reused)."""
+    specs, results, data_root, device, threads = args
+    torch.set_num_threads(threads)
+    summary = run_specs(specs, results, data_root=data_root, device=device, progress=False, checked=True)
+    return len(summary.records) - summary.reused, summary.reused
+
+
+def run_local(
+    specs: list[RunSpec],
+    results: Path,
+    workers: int,
+    *,
+    data_root: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> SweepSummary:
+    """Run the sweep on `workers` processes; the summary reads every planned run's record at the end."""
+    if workers <= 1:
+        return run_specs(specs, results, data_root=data_root, device=device, progress=progress)
+    planned = plan(specs)
+    finished_before = {s.run_id for s in planned if store.is_finished(store.run_dir(results, s.suite, s.run_id))}
+    check_data([s for s in planned if s.run_id not in finished_before], data_root)  # once, before any worker
+    check_analysis(planned, data_root)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    jobs = [(planned, results, data_root, worker_device(device, k), threads) for k in range(workers)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        trained = [count for count, _ in pool.map(_work, jobs)]
+    summary = SweepSummary(reused=len(finished_before), trained_by_worker=trained)
+    for spec in planned:
+        record = store.read_record(store.run_dir(results, spec.suite, spec.run_id))
+        summary.records.append(record or {"run_id": spec.run_id, "status": "missing"})
+    return summary
