@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override a suite field, e.g. --set training.steps=100 (repeatable)",
     )
     run.add_argument(
+        "--launcher", default="local", help="local (default; --workers processes) or slurm (the suite's slurm:)"
+    )
+    run.add_argument(
         "--workers", type=int, default=1, help="local worker processes, one run each (one GPU each when several)"
     )
     run.add_argument(
@@ -201,6 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(specs)} runs in suite '{suite.name}'")
         return 0
     quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
+    if args.launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher: unknown launcher '{args.launcher}'; allowed: local, slurm")
     if args.workers < 1:
         raise UserError(f"--workers: {args.workers} is not a number of processes; allowed: 1 or more")
     summary = api.run(
@@ -211,6 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not quiet,
         only=only,
         workers=args.workers,
+        launcher=args.launcher,
     )
     print(summary.line())
     return 1 if summary.counts.get("failed") else 0

@@ -151,3 +151,21 @@ def test_local_workers_share_a_sweep_and_train_each_run_once(tmp_path):
     assert sorted(r["run_id"] for r in records) == sorted({r["run_id"] for r in records}) and len(records) == 8
     bad = run_cli("run", str(suite), "--results", str(results), "--workers", "0")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--workers" in bad.stderr
+
+
+@pytest.mark.slow
+def test_slurm_launcher_through_submitits_local_executor_trains_each_run_once(tmp_path):
+    suite = write_suite(
+        tmp_path,
+        TINY_SUITE + "slurm: {cluster: local, tasks: 2, cpus_per_task: 1, gpus_per_task: 0, timeout_min: 20}\n",
+    )
+    results = tmp_path / "results"
+    out = run_cli("run", str(suite), "--results", str(results), "--launcher", "slurm", timeout=900)
+    assert out.returncode == 0, out.stderr
+    match = re.search(
+        r"4 runs: 4 done \(0 already finished, skipped\); trained by 2 workers: (\d+) \+ (\d+)", out.stdout
+    )
+    assert match and int(match[1]) + int(match[2]) == 4, out.stdout
+    assert list((results / "tiny" / ".slurm").iterdir())  # submitit's job folders: the real submission path
+    bad = run_cli("run", str(suite), "--results", str(results), "--launcher", "pbs")
+    assert bad.returncode == 2 and "--launcher: unknown launcher 'pbs'; allowed: local, slurm" in bad.stderr

@@ -142,6 +142,20 @@ class QuantConfig(_Strict):
     percentile: float = Field(default=DEFAULT_PERCENTILE, gt=50, le=100)  # the `percentile` observer's p
 
 
+class SlurmConfig(_Strict):
+    """Resources of `qatbench run --launcher slurm` (submitit): one job array of `tasks` workers that
+    share the sweep through the run locks, each with these resources. `cluster: local` runs the same
+    submission path on this machine (submitit's local executor), for trying a suite before a cluster."""
+
+    partition: str | None = None
+    tasks: int = Field(default=1, ge=1)  # array tasks (workers)
+    gpus_per_task: int = Field(default=1, ge=0)
+    cpus_per_task: int = Field(default=8, ge=1)
+    mem_gb: int = Field(default=32, ge=1)
+    timeout_min: int = Field(default=24 * 60, ge=1)
+    cluster: Literal["auto", "local"] = "auto"
+
+
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under results/
     description: str = ""
@@ -156,6 +170,7 @@ class Suite(_Strict):
     parent: MethodEntry | None = None
     data_root: str | None = None
     analysis: AnalysisConfig | None = None  # sharpness analyses of every finished run
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)  # resources of `--launcher slurm`
 
     _as_entries = field_validator("datasets", "models", "methods", mode="before")(
         lambda value: [_name_only(v) for v in value] if isinstance(value, list) else value

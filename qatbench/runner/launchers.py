@@ -3,6 +3,9 @@ same plan; the run store's locks hand every run to exactly one of them (a worker
 holds, and waits for a parent another is training), so the workers need no scheduler of their own,
 and a second `qatbench run` (or a Slurm array task) over the same results folder joins in the same way.
 With several GPUs, worker k uses GPU k modulo their number.
+
+`slurm`: the same workers as the tasks of one Slurm job array, submitted through submitit with the
+suite's `slurm:` resources; the tasks coordinate through the same locks on the shared results folder.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import torch
 
 from qatbench.config import RunSpec
+from qatbench.config.suite import SlurmConfig
 from qatbench.runner import store
 from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, plan, run_specs
 
@@ -44,14 +48,59 @@ def run_local(
     """Run the sweep on `workers` processes; the summary reads every planned run's record at the end."""
     if workers <= 1:
         return run_specs(specs, results, data_root=data_root, device=device, progress=progress)
-    planned = plan(specs)
-    finished_before = {s.run_id for s in planned if store.is_finished(store.run_dir(results, s.suite, s.run_id))}
-    check_data([s for s in planned if s.run_id not in finished_before], data_root)  # once, before any worker
-    check_analysis(planned, data_root)
+    planned, finished_before = _prepare(specs, results, data_root)
     threads = max(1, (os.cpu_count() or 1) // workers)
     jobs = [(planned, results, data_root, worker_device(device, k), threads) for k in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         trained = [count for count, _ in pool.map(_work, jobs)]
+    return _collect(planned, results, finished_before, trained)
+
+
+def submit_slurm(
+    specs: list[RunSpec],
+    results: Path,
+    config: SlurmConfig,
+    *,
+    data_root: Path | None = None,
+    device: str = "auto",
+) -> tuple[list, SweepSummary | None]:
+    """Submit one job array of `config.tasks` workers; with `cluster: local`, wait and summarize."""
+    import submitit
+
+    planned, finished_before = _prepare(specs, results, data_root)
+    suite = planned[0].suite if planned else "suite"
+    executor = submitit.AutoExecutor(
+        folder=Path(results) / suite / ".slurm" / "%j", cluster="local" if config.cluster == "local" else None
+    )
+    executor.update_parameters(
+        timeout_min=config.timeout_min,
+        cpus_per_task=config.cpus_per_task,
+        gpus_per_node=config.gpus_per_task,
+        mem_gb=config.mem_gb,
+        name=f"qatbench-{suite}",
+    )
+    if config.partition and config.cluster != "local":
+        executor.update_parameters(slurm_partition=config.partition, slurm_array_parallelism=config.tasks)
+    device = "cuda" if config.gpus_per_task and config.cluster != "local" and device == "auto" else device
+    jobs = executor.map_array(
+        _work, [(planned, Path(results), data_root, device, config.cpus_per_task) for _ in range(config.tasks)]
+    )
+    if config.cluster != "local":
+        return jobs, None
+    return jobs, _collect(planned, results, finished_before, [job.result()[0] for job in jobs])
+
+
+def _prepare(specs: list[RunSpec], results: Path, data_root: Path | None) -> tuple[list[RunSpec], set[str]]:
+    """The plan and what is finished already; the data and analysis checks run once, before any worker."""
+    planned = plan(specs)
+    finished = {s.run_id for s in planned if store.is_finished(store.run_dir(results, s.suite, s.run_id))}
+    check_data([s for s in planned if s.run_id not in finished], data_root)
+    check_analysis(planned, data_root)
+    return planned, finished
+
+
+def _collect(planned: list[RunSpec], results: Path, finished_before: set[str], trained: list[int]) -> SweepSummary:
+    """The sweep's summary from every planned run's record, once the workers are done."""
     summary = SweepSummary(reused=len(finished_before), trained_by_worker=trained)
     for spec in planned:
         record = store.read_record(store.run_dir(results, spec.suite, spec.run_id))

@@ -36,12 +36,15 @@ class SweepSummary:
     reused: int = 0
     elsewhere: list[str] = field(default_factory=list)  # run ids another process was working on
     trained_by_worker: list[int] = field(default_factory=list)  # local workers: runs each one trained
+    submitted: list[str] = field(default_factory=list)  # Slurm job ids, when the jobs run on without us
 
     @property
     def counts(self) -> Counter:
         return Counter(r.get("status", "unknown") for r in self.records)
 
     def line(self) -> str:
+        if self.submitted:
+            return f"submitted {len(self.submitted)} Slurm array task(s): {', '.join(self.submitted)}"
         counts = self.counts
         parts = [f"{counts.get('done', 0)} done"]
         parts += [f"{n} {status}" for status, n in sorted(counts.items()) if status != "done"]
