@@ -155,6 +155,11 @@ _KEYS = [
     "models[0].options",
     "colour",
     "training.lr",
+    "training.checkpoint_every",
+    "slurm",
+    "slurm.tasks",
+    "slurm.cluster",
+    "slurm.mem_gb",
 ]
 _JUNK = st.one_of(
     st.none(),

@@ -169,3 +169,12 @@ def test_slurm_launcher_through_submitits_local_executor_trains_each_run_once(tm
     assert list((results / "tiny" / ".slurm").iterdir())  # submitit's job folders: the real submission path
     bad = run_cli("run", str(suite), "--results", str(results), "--launcher", "pbs")
     assert bad.returncode == 2 and "--launcher: unknown launcher 'pbs'; allowed: local, slurm" in bad.stderr
+
+
+def test_a_corrupt_record_is_reported_and_its_run_counts_as_unfinished(tmp_path, caplog):
+    folder = tmp_path / "suite" / "run"
+    folder.mkdir(parents=True)
+    (folder / store.RECORD).write_text('{"run_id": "run", "status": "do')  # cut short
+    assert store.read_record(folder) is None and not store.is_finished(folder)
+    assert "unreadable record" in caplog.text and str(folder / store.RECORD) in caplog.text
+    assert store.state(folder) == "dead"  # a partial run: clean --incomplete may remove it, run redoes it

@@ -142,6 +142,7 @@ class RunSpec:
     label: str = field(default="", compare=False)
     eval_batch_size: int = field(default=256, compare=False)
     compile: bool | str = field(default="auto", compare=False)  # torch.compile: True, False or "auto"
+    checkpoint_every: int = field(default=0, compare=False)  # resumable checkpoints (0: none)
     analysis: AnalysisConfig | None = field(default=None, compare=False)  # what to measure once trained
     checkpoint: str | None = field(
         default=None, compare=False

@@ -127,6 +127,9 @@ class TrainingConfig(_Strict):
     # torch.compile the model: "auto" does it for runs of 1,000 steps or more, which repay the
     # compilation (about a minute on 2 CPU cores); same numbers up to float rounding
     compile: Annotated[bool | Literal["auto"], BeforeValidator(_check_compile)] = "auto"
+    # a resumable checkpoint every N steps (0: none); a killed run resumes from its last one with
+    # exactly the numbers of an uninterrupted run, so it never enters the run id
+    checkpoint_every: int = Field(default=500, ge=0)
 
 
 class QuantConfig(_Strict):

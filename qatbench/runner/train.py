@@ -36,7 +36,7 @@ from qatbench.errors import UserError
 from qatbench.methods import METHODS
 from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
-from qatbench.runner import store
+from qatbench.runner import resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
 from qatbench.runner.evaluate import evaluate
 
@@ -53,8 +53,10 @@ def run_one(
     """Train and evaluate one run; write and return its record (whatever its status)."""
     folder = store.run_dir(results, spec.suite, spec.run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / store.CURVE).unlink(missing_ok=True)
-    (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
+    checkpoint = resume.load(folder) if spec.checkpoint_every else None  # a killed run goes on from here
+    if checkpoint is None:
+        (folder / store.CURVE).unlink(missing_ok=True)
+        (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
     (folder / store.ERROR_LOG).unlink(missing_ok=True)
     started = time.time()
     record = describe(spec)
@@ -62,7 +64,7 @@ def run_one(
     try:
         torch_device = resolve_device(device)
         record["device"] = str(torch_device)
-        record.update(_train(spec, folder, results, data_root, torch_device, progress))
+        record.update(_train(spec, folder, results, data_root, torch_device, progress, checkpoint))
         record["status"] = "done"
     except Diverged as exc:
         record.update(status="diverged", error=str(exc))
@@ -74,6 +76,8 @@ def run_one(
     record["finished_at"] = _now()
     record = store.flatten(record)
     store.write_json(folder / store.RECORD, record)
+    if record["status"] in store.FINISHED:
+        resume.discard(folder)
     return analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
 
 
@@ -162,7 +166,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _train(
-    spec: RunSpec, folder: Path, results: Path, data_root: Path | None, device: torch.device, progress: bool
+    spec: RunSpec,
+    folder: Path,
+    results: Path,
+    data_root: Path | None,
+    device: torch.device,
+    progress: bool,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     seed_everything(spec.seed)
     dataset = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
@@ -193,13 +203,21 @@ def _train(
     method = method_class(
         model, dataset.num_classes, spec.hparams, teacher=teacher, quant=spec.quant, total_steps=spec.steps
     )
+    start = 0
+    if checkpoint is not None:  # weights and method state now; the data is replayed, then the RNG set
+        resume.apply(checkpoint, model, method)
+        start = int(checkpoint["step"])
+        for it in iterators:
+            for _ in range(start):
+                next(it)
+        resume.set_rng_state(checkpoint["rng"])
     compiled = should_compile(spec, device) and method_class.compilable
     if compiled:
         model.compile()  # in place: the module, its names and its state_dict stay as they are
     method.train()
 
     curve_path = folder / (store.FLOAT_CURVE if post_training else store.CURVE)
-    step_times: list[float] = []
+    step_times: list[float] = list(checkpoint["step_times"]) if checkpoint is not None else []
     eval_steps = set(range(spec.eval_every, spec.steps + 1, spec.eval_every)) | {spec.steps}
     last_eval: dict[str, Any] = {}
     bar = tqdm(
@@ -211,13 +229,16 @@ def _train(
     )
     last_beat = time.monotonic()
     store.beat(folder, 0, spec.steps)
-    with bar, open(curve_path, "w") as curve:
+    if start:  # the evaluations after the checkpoint are made again
+        _truncate_curve(curve_path, start)
+        bar.update(start)
+    with bar, open(curve_path, "a" if start else "w") as curve:
         if spec.steps == 0:
             last_eval = _log_eval(curve, 0, {}, method, dataset, splits, spec, device)
-        for step in range(1, spec.steps + 1):
+        for step in range(start + 1, spec.steps + 1):
             t0 = time.perf_counter()
             minibatches = [tuple(t.to(device, non_blocking=True) for t in next(it)) for it in iterators]
-            if compiled and step == 1:
+            if compiled and step == start + 1:
                 losses, compiled = _first_compiled_update(method, minibatches)
             else:
                 losses = method.update(minibatches)
@@ -232,6 +253,8 @@ def _train(
                 last_eval = _log_eval(curve, step, losses, method, dataset, splits, spec, device)
                 shown = {k: last_eval.get(k) for k in ("id_acc", "ood_acc")}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
+                resume.save(folder, step, method.model, method, step_times)
     float_metrics = {}
     if post_training:
         float_metrics = {f"float.{k}": v for k, v in last_eval.items() if k.endswith("_acc")}
@@ -252,6 +275,7 @@ def _train(
         **float_metrics,  # PTQ runs: the float model's accuracies before quantization
         **sizes,
         "final_step": last_eval.get("step", 0),
+        "resumed_from_step": start or None,  # a killed run that went on from its last checkpoint
         "model_file": store.MODEL,
         "train": losses,
         "environments": dataset.environments,
@@ -337,6 +361,13 @@ def calibration_data(dataset, splits, train_envs: list[int], spec: RunSpec, devi
         x = take(pool, index[start : start + chunk])[0].to(device)
         chunks.append(dataset.eval_transform(x) if dataset.eval_transform is not None else x)
     return chunks
+
+
+def _truncate_curve(path: Path, step: int) -> None:
+    """Keep the evaluations up to the checkpoint's step: those after it are made again."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _log_eval(curve, step: int, losses, method, dataset, splits, spec: RunSpec, device) -> dict[str, Any]:
