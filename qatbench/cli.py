@@ -242,10 +242,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from qatbench.runner.status import clean_incomplete
 
     suite, specs = _suite_specs(args)
-    removed = clean_incomplete(specs, Path(args.results))
+    removed, resumable = clean_incomplete(specs, Path(args.results))
     for folder in removed:
         print(f"removed {folder}")
     print(f"{len(removed)} dead partial run(s) of suite '{suite.name}' removed")
+    if resumable:
+        print(f"{len(resumable)} killed run(s) kept: each resumes from its checkpoint on the next run")
     return 0
 
 

@@ -96,14 +96,44 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_numbers(tmp_path, mon
 def test_a_corrupt_checkpoint_is_reported_and_the_run_starts_over(tmp_path, caplog):
     folder = tmp_path / "run"
     model = torch.nn.Linear(2, 2)
-    resume.save(folder, 7, model, object(), [0.1])
-    assert resume.load(folder)["step"] == 7
+    resume.save(folder, 7, model, object(), [0.1], "run-a")
+    assert resume.load(folder, "run-a")["step"] == 7
     data = bytearray((folder / resume.RESUME).read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     (folder / resume.RESUME).write_bytes(bytes(data))
-    assert resume.load(folder) is None
-    assert "corrupt checkpoint" in caplog.text and "SHA-256" in caplog.text
-    assert not (folder / resume.RESUME).exists() and not (folder / resume.CHECKSUM).exists()
+    (folder / ".resume.pt.x1.tmp").write_bytes(b"half a save")  # what a kill during a save leaves
+    assert resume.load(folder, "run-a") is None
+    assert "unusable checkpoint" in caplog.text and "SHA-256" in caplog.text
+    assert list(folder.iterdir()) == []  # the checkpoint and the torn temporary file are gone
+
+
+def test_a_checkpoint_of_another_run_or_version_is_not_used(tmp_path, caplog, monkeypatch):
+    folder = tmp_path / "run"
+    resume.save(folder, 7, torch.nn.Linear(2, 2), object(), [0.1], "run-a")
+    assert resume.load(folder, "run-b") is None and "written by run run-a" in caplog.text
+    resume.save(folder, 7, torch.nn.Linear(2, 2), object(), [0.1], "run-a")
+    monkeypatch.setattr(resume, "_versions", lambda: {"qatbench": "9.9", "torch": "0"})
+    assert resume.load(folder, "run-a") is None and not (folder / resume.RESUME).exists()
+
+
+def test_a_checkpoint_that_does_not_fit_restarts_the_run_instead_of_failing_it(tmp_path, monkeypatch, caplog):
+    suite = _suite(tmp_path, "erm")
+    straight = _run(suite, tmp_path / "straight")["erm"]
+    save = resume.save
+
+    def killed_after_step_8(folder, step, *args):
+        save(folder, step, *args)
+        if step == 8:
+            raise Killed("the process died here")
+
+    monkeypatch.setattr(resume, "save", killed_after_step_8)
+    assert _run(suite, tmp_path / "resumed")["erm"]["status"] == "failed"
+    monkeypatch.setattr(resume, "save", save)
+    monkeypatch.setattr(resume, "restore", lambda *args: (_ for _ in ()).throw(AttributeError("renamed attribute")))
+    again = _run(suite, tmp_path / "resumed")["erm"]
+    assert again["status"] == "done" and again["resumed_from_step"] is None  # started over, not failed
+    assert "checkpoint unusable (AttributeError: renamed attribute)" in caplog.text
+    assert again["ood_acc"] == straight["ood_acc"]
 
 
 @pytest.mark.slow

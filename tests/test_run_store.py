@@ -110,7 +110,8 @@ def test_status_counts_and_clean_removes_only_dead_partial_runs(tmp_path):
         cleaned = run_cli("clean", str(suite), "--incomplete", "--results", str(results))
         assert cleaned.returncode == 0, cleaned.stderr
         assert "1 dead partial run(s) of suite 'tiny' removed" in cleaned.stdout
-        assert not dead.exists() and done.is_dir() and failed.is_dir() and running.is_dir()
+        assert not (dead / store.CURVE).exists() and store.state(dead) == "pending"  # its lock file stays
+        assert done.is_dir() and failed.is_dir() and running.is_dir()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -178,3 +179,45 @@ def test_a_corrupt_record_is_reported_and_its_run_counts_as_unfinished(tmp_path,
     assert store.read_record(folder) is None and not store.is_finished(folder)
     assert "unreadable record" in caplog.text and str(folder / store.RECORD) in caplog.text
     assert store.state(folder) == "dead"  # a partial run: clean --incomplete may remove it, run redoes it
+
+
+def test_clean_keeps_a_killed_run_that_can_resume(tmp_path):
+    import torch
+
+    from qatbench.runner import resume
+    from qatbench.runner.status import clean_incomplete
+
+    suite = write_suite(tmp_path, TINY_SUITE)
+    specs = api_specs(suite)
+    folder = tmp_path / "results" / "tiny" / specs[0].run_id
+    resume.save(folder, 40, torch.nn.Linear(2, 2), object(), [0.1], specs[0].run_id)
+    (folder / store.CURVE).write_text('{"step": 40}\n')
+    assert store.state(folder) == "dead"
+    removed, kept = clean_incomplete(specs, tmp_path / "results")
+    assert removed == [] and kept == [folder] and (folder / resume.RESUME).is_file()
+
+
+def api_specs(suite):
+    from qatbench.runner import api
+
+    return api.expand(api.load_suite(suite))
+
+
+FAILING = """\
+name: faults
+datasets: [{name: RotatedMNIST, test_envs: [0]}]
+models: [{name: resnet18, options: {pretrained: true}}]
+methods: [{name: erm}, {name: sam}, {name: asam}, {name: sagm}]
+seeds: [0]
+training: {steps: 2, batch_size: 4, eval_every: 2}
+"""
+
+
+@pytest.mark.slow
+def test_workers_try_a_failing_run_once_per_sweep(tmp_path):
+    """Failed runs are retried by the next sweep, but within one sweep no second worker repeats one."""
+    suite = write_suite(tmp_path, FAILING)  # no pretrained weights here: every run fails
+    out = run_cli("run", str(suite), "--results", str(tmp_path / "results"), "--workers", "2", timeout=600)
+    assert out.returncode == 1, out.stdout + out.stderr
+    match = re.search(r"4 runs: 0 done, 4 failed .*trained by 2 workers: (\d+) \+ (\d+)", out.stdout)
+    assert match and int(match[1]) + int(match[2]) == 4, out.stdout

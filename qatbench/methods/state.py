@@ -13,7 +13,6 @@ Restoring writes each value back in place, so references between the method and 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -31,7 +30,9 @@ def snapshot(method: Any, model: nn.Module) -> dict[str, Any]:
 
 
 def restore(method: Any, state: dict[str, Any], model: nn.Module) -> None:
-    _restore(method, state, _model_ids(model))
+    """Write the snapshot back; tensors that are not restored in place go to the model's device."""
+    device = next(model.parameters()).device
+    _restore(method, state, _model_ids(model), device)
 
 
 def _model_ids(model: nn.Module) -> set[int]:
@@ -45,11 +46,11 @@ def _value(value: Any, owned: set[int], seen: set[int]) -> Any:
     if isinstance(value, SCALARS):
         return value
     if isinstance(value, nn.Module | torch.optim.Optimizer | torch.optim.lr_scheduler.LRScheduler):
-        return {"state_dict": copy.deepcopy(value.state_dict())}
+        return {"state_dict": value.state_dict()}  # serialized at once: no copy (GPU memory)
     if isinstance(value, torch.Generator):
         return {"generator": value.get_state()}
     if isinstance(value, torch.Tensor):
-        return {"tensor": value.detach().clone()}
+        return {"tensor": value.detach()}
     if isinstance(value, list | tuple | set | frozenset):
         items = [_value(v, owned, seen) for v in value]
         if any(item is _SKIP for item in items):  # model parameters (layer lists): the model holds them
@@ -70,7 +71,7 @@ def _walk(obj: Any, owned: set[int], seen: set[int]) -> dict[str, Any]:
     return {name: _value(value, owned, seen) for name, value in attributes if not name.startswith("_")}
 
 
-def _restore(obj: Any, state: dict[str, Any], owned: set[int]) -> None:
+def _restore(obj: Any, state: dict[str, Any], owned: set[int], device: torch.device) -> None:
     for name, saved in state.items():
         current = getattr(obj, name, None)
         setattr_ok = True
@@ -83,24 +84,24 @@ def _restore(obj: Any, state: dict[str, Any], owned: set[int]) -> None:
                 with torch.no_grad():
                     current.copy_(saved["tensor"])
             else:
-                object.__setattr__(obj, name, saved["tensor"].clone())
+                object.__setattr__(obj, name, saved["tensor"].to(device))
         elif isinstance(saved, dict) and "object" in saved:
-            _restore(current, saved["object"], owned)
+            _restore(current, saved["object"], owned, device)
         else:
             setattr_ok = False
         if not setattr_ok:
-            object.__setattr__(obj, name, _plain(saved))
+            object.__setattr__(obj, name, _plain(saved, device))
 
 
-def _plain(saved: Any) -> Any:
-    """Sequences, mappings and scalars back to their values."""
+def _plain(saved: Any, device: torch.device) -> Any:
+    """Sequences, mappings and scalars back to their values, tensors on the model's device."""
     if isinstance(saved, dict) and "sequence" in saved:
-        items = [_plain(v) for v in saved["items"]]
+        items = [_plain(v, device) for v in saved["items"]]
         return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[saved["sequence"]](items)
     if isinstance(saved, dict) and "mapping" in saved:
-        return {k: _plain(v) for k, v in saved["mapping"].items()}
+        return {k: _plain(v, device) for k, v in saved["mapping"].items()}
     if isinstance(saved, dict) and "tensor" in saved:
-        return saved["tensor"].clone()
+        return saved["tensor"].to(device)
     if isinstance(saved, dict) and "generator" in saved:
         generator = torch.Generator()
         generator.set_state(saved["generator"])

@@ -10,16 +10,23 @@ suite's `slurm:` resources; the tasks coordinate through the same locks on the s
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
 
 from qatbench.config import RunSpec
 from qatbench.config.suite import SlurmConfig
+from qatbench.errors import UserError
 from qatbench.runner import store
-from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, plan, run_specs
+from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, now, plan, run_specs
+
+log = logging.getLogger(__name__)
 
 
 def worker_device(device: str, worker: int) -> str:
@@ -30,10 +37,13 @@ def worker_device(device: str, worker: int) -> str:
 
 def _work(args: tuple) -> tuple[int, int]:
     """One worker: the sweep loop over the shared plan; returns (runs it trained, runs it reused)."""
-    specs, results, data_root, device, threads = args
+    specs, results, data_root, device, threads, since = args
+    if device.startswith("cuda:"):  # this worker's GPU only: no context on the others
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
+        device = "cuda"
     torch.set_num_threads(threads)
-    summary = run_specs(specs, results, data_root=data_root, device=device, progress=False, checked=True)
-    return len(summary.records) - summary.reused, summary.reused
+    summary = run_specs(specs, results, data_root=data_root, device=device, progress=False, checked=True, since=since)
+    return summary.trained, summary.reused
 
 
 def run_local(
@@ -50,9 +60,15 @@ def run_local(
         return run_specs(specs, results, data_root=data_root, device=device, progress=progress)
     planned, finished_before = _prepare(specs, results, data_root)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [(planned, results, data_root, worker_device(device, k), threads) for k in range(workers)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        trained = [count for count, _ in pool.map(_work, jobs)]
+    since = now()
+    jobs = [(planned, results, data_root, worker_device(device, k), threads, since) for k in range(workers)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        try:
+            trained = [count for count, _ in pool.map(_work, jobs)]
+        except BrokenProcessPool:  # a worker was killed (OOM killer, kill -9): say so, keep what finished
+            log.warning("a worker process died; its run is left unfinished and resumes on the next run")
+            trained = []
     return _collect(planned, results, finished_before, trained)
 
 
@@ -69,8 +85,12 @@ def submit_slurm(
 
     planned, finished_before = _prepare(specs, results, data_root)
     suite = planned[0].suite if planned else "suite"
+    if config.cluster != "local" and shutil.which("sbatch") is None:
+        raise UserError(
+            "--launcher slurm: no `sbatch` on this machine; run on a Slurm login node, or set slurm.cluster: local"
+        )
     executor = submitit.AutoExecutor(
-        folder=Path(results) / suite / ".slurm" / "%j", cluster="local" if config.cluster == "local" else None
+        folder=Path(results) / suite / ".slurm", cluster="local" if config.cluster == "local" else "slurm"
     )
     executor.update_parameters(
         timeout_min=config.timeout_min,
@@ -79,11 +99,14 @@ def submit_slurm(
         mem_gb=config.mem_gb,
         name=f"qatbench-{suite}",
     )
-    if config.partition and config.cluster != "local":
-        executor.update_parameters(slurm_partition=config.partition, slurm_array_parallelism=config.tasks)
+    if config.cluster != "local":
+        executor.update_parameters(slurm_array_parallelism=config.tasks)
+        if config.partition:
+            executor.update_parameters(slurm_partition=config.partition)
     device = "cuda" if config.gpus_per_task and config.cluster != "local" and device == "auto" else device
+    since = now()
     jobs = executor.map_array(
-        _work, [(planned, Path(results), data_root, device, config.cpus_per_task) for _ in range(config.tasks)]
+        _work, [(planned, Path(results), data_root, device, config.cpus_per_task, since) for _ in range(config.tasks)]
     )
     if config.cluster != "local":
         return jobs, None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qatbench.config import RunSpec
-from qatbench.runner import store
+from qatbench.runner import resume, store
 
 STATES = ("done", "diverged", "failed", "running", "dead", "pending")
 
@@ -53,7 +53,7 @@ def suite_status(specs: list[RunSpec], results: Path) -> SuiteStatus:
         status.eta_s = 0.0
         for spec in specs:
             state = status.states[spec.run_id]
-            if state not in ("pending", "dead", "running"):
+            if state not in ("pending", "dead", "running", "failed"):  # failed runs are tried again
                 continue
             known = run_times.get(spec.method)
             estimate = statistics.median(known) if known else statistics.median(per_step) * max(spec.steps, 1)
@@ -65,10 +65,11 @@ def suite_status(specs: list[RunSpec], results: Path) -> SuiteStatus:
     return status
 
 
-def clean_incomplete(specs: list[RunSpec], results: Path) -> list[Path]:
-    """Remove the folders of dead partial runs (no record, nobody holding the lock); never a finished,
-    failed or running run's."""
-    removed = []
+def clean_incomplete(specs: list[RunSpec], results: Path) -> tuple[list[Path], list[Path]]:
+    """Empty the folders of dead partial runs (no record, nobody holding the lock); never a finished,
+    failed or running run's, and not one with a valid checkpoint to resume from (kept, and returned
+    second). The lock file stays: a process that opened it must keep locking the same file."""
+    removed, resumable = [], []
     for spec in specs:
         folder = store.run_dir(results, spec.suite, spec.run_id)
         if store.state(folder) != "dead":
@@ -76,12 +77,14 @@ def clean_incomplete(specs: list[RunSpec], results: Path) -> list[Path]:
         with store.claim(folder) as mine:  # a run that starts now is not removed under its feet
             if not mine or store.read_record(folder) is not None:
                 continue
+            if resume.valid(folder):
+                resumable.append(folder)
+                continue
             for path in folder.iterdir():
                 if path.name != store.LOCK:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-        shutil.rmtree(folder, ignore_errors=True)  # the lock file, released above
-        removed.append(folder)
-    return removed
+            removed.append(folder)
+    return removed, resumable
 
 
 def _steps_done(folder: Path) -> int:

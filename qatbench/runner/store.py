@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from qatbench.errors import UserError
 from qatbench.records import (
     CURVE,
     ERROR_LOG,
@@ -40,6 +41,7 @@ LOCK = ".lock"
 HEARTBEAT = "heartbeat"
 STALE_S = 600.0  # a heartbeat older than this is a dead run's (runs beat at least every HEARTBEAT_S)
 HEARTBEAT_S = 30.0
+CLAIM_TRIES = 5
 
 __all__ = [
     "CURVE",
@@ -87,15 +89,30 @@ def claim(folder: Path, wait: bool = False) -> Iterator[bool]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        if not _lock(handle, folder, wait):
             yield False
             return
         try:
             yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _lock(handle, folder: Path, wait: bool) -> bool:
+    """Take the lock; without `wait`, a few short retries first: `status` probes locks for microseconds,
+    and a probe must never make a worker give a run away. A filesystem without flock is one line."""
+    for attempt in range(CLAIM_TRIES):
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            time.sleep(0.01 * (attempt + 1))
+        except OSError as exc:
+            raise UserError(
+                f"{folder / LOCK}: cannot lock ({exc.strerror or exc}); the results folder needs a filesystem "
+                f"with flock (on Lustre, mount with -o flock)"
+            ) from None
+    return False
 
 
 def is_locked(folder: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ class SweepSummary:
     elsewhere: list[str] = field(default_factory=list)  # run ids another process was working on
     trained_by_worker: list[int] = field(default_factory=list)  # local workers: runs each one trained
     submitted: list[str] = field(default_factory=list)  # Slurm job ids, when the jobs run on without us
+    trained: int = 0  # runs this process trained (a worker's share)
 
     @property
     def counts(self) -> Counter:
@@ -56,6 +58,11 @@ class SweepSummary:
         if self.elsewhere:
             line += f"; {len(self.elsewhere)} left to another process running them"
         return line
+
+
+def now() -> str:
+    """An ISO time in microseconds: records and sweeps compare their times as strings."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def check_data(specs: list[RunSpec], data_root: Path | None) -> None:
@@ -97,8 +104,13 @@ def run_specs(
     device: str = "auto",
     progress: bool = True,
     checked: bool = False,
+    since: str | None = None,
 ) -> SweepSummary:
-    """Every run in plan order, each under its lock; `checked`: the data and analysis checks already ran."""
+    """Every run in plan order, each under its lock; `checked`: the data and analysis checks already ran.
+
+    A failed run is tried again, once per sweep: a failure recorded since `since` (the sweep's start,
+    shared by its workers) is this sweep's own, and another worker does not repeat it."""
+    since = since or now()
     summary = SweepSummary()
     planned = plan(specs)
     if not checked:
@@ -114,6 +126,10 @@ def run_specs(
             if not mine:
                 summary.elsewhere.append(spec.run_id)
                 continue
+            record = store.read_record(folder)
+            if record is not None and record.get("status") == "failed" and str(record.get("finished_at")) >= since:
+                summary.records.append(record)  # tried in this sweep already, by another worker
+                continue
             if store.is_finished(folder):  # checked under the lock: another process may just have finished it
                 record = store.read_record(folder)
                 record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
@@ -121,4 +137,5 @@ def run_specs(
                 summary.reused += 1
                 continue
             summary.records.append(run_one(spec, results, data_root=data_root, device=device, progress=progress))
+            summary.trained += 1
     return summary

@@ -47,13 +47,18 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
+class CheckpointUnusable(Exception):
+    """A checkpoint that passed its checksum could not be applied to the rebuilt run."""
+
+
 def run_one(
     spec: RunSpec, results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
 ) -> dict[str, Any]:
     """Train and evaluate one run; write and return its record (whatever its status)."""
     folder = store.run_dir(results, spec.suite, spec.run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = resume.load(folder) if spec.checkpoint_every else None  # a killed run goes on from here
+    store.beat(folder, 0, spec.steps)
+    checkpoint = resume.load(folder, spec.run_id) if spec.checkpoint_every else None  # a killed run goes on
     if checkpoint is None:
         (folder / store.CURVE).unlink(missing_ok=True)
         (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
@@ -64,7 +69,15 @@ def run_one(
     try:
         torch_device = resolve_device(device)
         record["device"] = str(torch_device)
-        record.update(_train(spec, folder, results, data_root, torch_device, progress, checkpoint))
+        try:
+            trained = _train(spec, folder, results, data_root, torch_device, progress, checkpoint)
+        except CheckpointUnusable as exc:  # it read back whole but does not fit: start over, never fail for it
+            log.warning("run %s: checkpoint unusable (%s): removed; the run starts over", spec.run_id, exc)
+            resume.discard(folder)
+            (folder / store.CURVE).unlink(missing_ok=True)
+            (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
+            trained = _train(spec, folder, results, data_root, torch_device, progress, None)
+        record.update(trained)
         record["status"] = "done"
     except Diverged as exc:
         record.update(status="diverged", error=str(exc))
@@ -205,7 +218,10 @@ def _train(
     )
     start = 0
     if checkpoint is not None:  # weights and method state now; the data is replayed, then the RNG set
-        resume.apply(checkpoint, model, method)
+        try:
+            resume.apply(checkpoint, model, method)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointUnusable(f"{type(exc).__name__}: {exc}") from exc
         start = int(checkpoint["step"])
         for it in iterators:
             for _ in range(start):
@@ -228,7 +244,7 @@ def _train(
         unit="step",
     )
     last_beat = time.monotonic()
-    store.beat(folder, 0, spec.steps)
+    store.beat(folder, start, spec.steps)
     if start:  # the evaluations after the checkpoint are made again
         _truncate_curve(curve_path, start)
         bar.update(start)
@@ -254,7 +270,7 @@ def _train(
                 shown = {k: last_eval.get(k) for k in ("id_acc", "ood_acc")}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
             if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
-                resume.save(folder, step, method.model, method, step_times)
+                resume.save(folder, step, method.model, method, step_times, spec.run_id)
     float_metrics = {}
     if post_training:
         float_metrics = {f"float.{k}": v for k, v in last_eval.items() if k.endswith("_acc")}
@@ -366,7 +382,13 @@ def calibration_data(dataset, splits, train_envs: list[int], spec: RunSpec, devi
 def _truncate_curve(path: Path, step: int) -> None:
     """Keep the evaluations up to the checkpoint's step: those after it are made again."""
     lines = path.read_text().splitlines() if path.is_file() else []
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line torn by the crash
+            continue
     path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -390,4 +412,4 @@ def _parent_weights(parent: RunSpec, results: Path) -> dict[str, torch.Tensor]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
