@@ -1,4 +1,5 @@
-"""`qatbench run | analyze | eval | report | list`: argument parsing only; every command calls the Python API.
+"""`qatbench run | status | clean | analyze | eval | report | list`: argument parsing only; every
+command calls the Python API.
 
 Mistakes in the input end in one line on stderr and exit code 2, never a traceback.
 """
@@ -53,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a suite field, e.g. --set training.steps=100 (repeatable)",
     )
     run.add_argument(
+        "--launcher", default="local", help="local (default; --workers processes) or slurm (the suite's slurm:)"
+    )
+    run.add_argument(
+        "--workers", type=int, default=1, help="local worker processes, one run each (one GPU each when several)"
+    )
+    run.add_argument(
         "--only",
         default="",
         metavar="LABELS",
@@ -105,6 +112,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--results", default="results", help="results folder (default: results)")
     _common(evaluate)
     evaluate.set_defaults(command=cmd_eval)
+
+    status = commands.add_parser("status", help="done / running / failed / dead / pending runs of a suite, and ETA")
+    status.add_argument("suite", help="suite YAML file")
+    status.add_argument("--results", default="results", help="results folder (default: results)")
+    status.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    status.add_argument("--only", default="", metavar="LABELS", help="only these method entries (labels)")
+    status.set_defaults(command=cmd_status)
+
+    clean = commands.add_parser("clean", help="remove the folders of a suite's dead partial runs")
+    clean.add_argument("suite", help="suite YAML file")
+    clean.add_argument("--incomplete", action="store_true", required=True, help="dead partial runs (required)")
+    clean.add_argument("--results", default="results", help="results folder (default: results)")
+    clean.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    clean.set_defaults(command=cmd_clean)
 
     listing = commands.add_parser("list", help="what can be named in a suite")
     listing.add_argument("what", choices=["methods", "datasets", "models"])
@@ -183,9 +204,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(specs)} runs in suite '{suite.name}'")
         return 0
     quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
-    summary = api.run(suite, results, data_root=args.data_root, device=args.device, progress=not quiet, only=only)
+    if args.launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher: unknown launcher '{args.launcher}'; allowed: local, slurm")
+    if args.workers < 1:
+        raise UserError(f"--workers: {args.workers} is not a number of processes; allowed: 1 or more")
+    summary = api.run(
+        suite,
+        results,
+        data_root=args.data_root,
+        device=args.device,
+        progress=not quiet,
+        only=only,
+        workers=args.workers,
+        launcher=args.launcher,
+    )
     print(summary.line())
     return 1 if summary.counts.get("failed") else 0
+
+
+def _suite_specs(args: argparse.Namespace):
+    from qatbench.runner import api
+
+    suite = api.load_suite(args.suite, args.overrides)
+    only = [label.strip() for label in getattr(args, "only", "").split(",") if label.strip()]
+    return suite, api.expand(suite, only)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from qatbench.runner.status import suite_status
+
+    suite, specs = _suite_specs(args)
+    print(suite_status(specs, Path(args.results)).line(suite.name))
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from qatbench.runner.status import clean_incomplete
+
+    suite, specs = _suite_specs(args)
+    removed, resumable = clean_incomplete(specs, Path(args.results))
+    for folder in removed:
+        print(f"removed {folder}")
+    print(f"{len(removed)} dead partial run(s) of suite '{suite.name}' removed")
+    if resumable:
+        print(f"{len(resumable)} killed run(s) kept: each resumes from its checkpoint on the next run")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -4,10 +4,13 @@ it (the report must stay torch-free, so this module imports nothing but the stan
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 RECORD = "record.json"  # written last and atomically: a folder without one never finished
 CURVE = "curve.jsonl"  # one line per evaluation
@@ -18,12 +21,20 @@ FINISHED = ("done", "diverged")  # a rerun would give the same result: never run
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
-    """The record of a run folder, or None when it has none (unfinished) or it is unreadable."""
+    """The record of a run folder, or None when it has none (unfinished) or it is unreadable (then
+    said in the log: the run counts as unfinished and is run again)."""
+    path = Path(folder) / RECORD
     try:
-        record = json.loads((Path(folder) / RECORD).read_text())
-    except (OSError, ValueError):
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    return record if isinstance(record, dict) else None
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable record %s (%s): the run counts as unfinished", path, exc)
+        return None
+    if not isinstance(record, dict):
+        log.warning("record %s is not a JSON object: the run counts as unfinished", path)
+        return None
+    return record
 
 
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -42,7 +42,7 @@ def _fails_with_one_line(capsys, argv) -> str:
         (
             "training.stpes=3",
             "--set training.stpes: unknown key 'stpes' (did you mean 'steps'?); "
-            "allowed: batch_size, compile, eval_batch_size, eval_every, steps",
+            "allowed: batch_size, checkpoint_every, compile, eval_batch_size, eval_every, steps",
         ),
         ("methods[0].hparams.lrr=0.1", "--set methods[0].hparams.lrr: unknown hparam 'lrr' (did you mean 'lr'?)"),
         ("methods[0].hparams.lr=fast", "--set methods[0].hparams.lr: Input should be a valid number"),
@@ -155,6 +155,11 @@ _KEYS = [
     "models[0].options",
     "colour",
     "training.lr",
+    "training.checkpoint_every",
+    "slurm",
+    "slurm.tasks",
+    "slurm.cluster",
+    "slurm.mem_gb",
 ]
 _JUNK = st.one_of(
     st.none(),

@@ -293,6 +293,7 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         eval_every=suite.training.eval_every,
                         eval_batch_size=suite.training.eval_batch_size,
                         compile=suite.training.compile,
+                        checkpoint_every=suite.training.checkpoint_every,
                         analysis=suite.analysis,
                         suite=suite.name,
                     )

@@ -142,6 +142,7 @@ class RunSpec:
     label: str = field(default="", compare=False)
     eval_batch_size: int = field(default=256, compare=False)
     compile: bool | str = field(default="auto", compare=False)  # torch.compile: True, False or "auto"
+    checkpoint_every: int = field(default=0, compare=False)  # resumable checkpoints (0: none)
     analysis: AnalysisConfig | None = field(default=None, compare=False)  # what to measure once trained
     checkpoint: str | None = field(
         default=None, compare=False
@@ -154,6 +155,16 @@ class RunSpec:
         object.__setattr__(self, "model_options", _frozen(self.model_options))
         if not self.label:
             object.__setattr__(self, "label", self.method)
+
+    _MAPPINGS = ("hparams", "dataset_options", "model_options")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (local workers receive their runs by pickle): the read-only mappings as dicts."""
+        return {k: dict(v) if k in self._MAPPINGS else v for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, _frozen(value) if key in self._MAPPINGS else value)
 
     @property
     def bits_label(self) -> str:

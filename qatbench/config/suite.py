@@ -127,6 +127,9 @@ class TrainingConfig(_Strict):
     # torch.compile the model: "auto" does it for runs of 1,000 steps or more, which repay the
     # compilation (about a minute on 2 CPU cores); same numbers up to float rounding
     compile: Annotated[bool | Literal["auto"], BeforeValidator(_check_compile)] = "auto"
+    # a resumable checkpoint every N steps (0: none); a killed run resumes from its last one with
+    # exactly the numbers of an uninterrupted run, so it never enters the run id
+    checkpoint_every: int = Field(default=500, ge=0)
 
 
 class QuantConfig(_Strict):
@@ -140,6 +143,20 @@ class QuantConfig(_Strict):
     a_init: Literal[A_INITS] = "batch"  # type: ignore[valid-type]
     calib_images: int = Field(default=0, ge=0)  # 0: one training minibatch per domain; N: N unaugmented images
     percentile: float = Field(default=DEFAULT_PERCENTILE, gt=50, le=100)  # the `percentile` observer's p
+
+
+class SlurmConfig(_Strict):
+    """Resources of `qatbench run --launcher slurm` (submitit): one job array of `tasks` workers that
+    share the sweep through the run locks, each with these resources. `cluster: local` runs the same
+    submission path on this machine (submitit's local executor), for trying a suite before a cluster."""
+
+    partition: str | None = None
+    tasks: int = Field(default=1, ge=1)  # array tasks (workers)
+    gpus_per_task: int = Field(default=1, ge=0)
+    cpus_per_task: int = Field(default=8, ge=1)
+    mem_gb: int = Field(default=32, ge=1)
+    timeout_min: int = Field(default=24 * 60, ge=1)
+    cluster: Literal["auto", "local"] = "auto"
 
 
 class Suite(_Strict):
@@ -156,6 +173,7 @@ class Suite(_Strict):
     parent: MethodEntry | None = None
     data_root: str | None = None
     analysis: AnalysisConfig | None = None  # sharpness analyses of every finished run
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)  # resources of `--launcher slurm`
 
     _as_entries = field_validator("datasets", "models", "methods", mode="before")(
         lambda value: [_name_only(v) for v in value] if isinstance(value, list) else value

@@ -11,6 +11,7 @@ from qatbench.config import RunSpec, Suite
 from qatbench.data import resolve_data_root
 from qatbench.errors import UserError, allowed_list, did_you_mean
 from qatbench.runner.catalog import CATALOG
+from qatbench.runner.launchers import run_local, submit_slurm
 from qatbench.runner.sweep import SweepSummary, plan, run_specs
 from qatbench.runner.train import resolve_device
 
@@ -49,11 +50,21 @@ def run(
     device: str = "auto",
     progress: bool = True,
     only: Sequence[str] = (),
+    workers: int = 1,
+    launcher: str = "local",
 ) -> SweepSummary:
-    """Run every run of `suite` not already finished under `results`; returns their records."""
+    """Run every run of `suite` not already finished under `results` on `workers` local processes;
+    returns their records."""
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     root = resolve_data_root(data_root, suite.data_root)
     resolve_device(device)  # a bad --device is the user's mistake, not a failure of every run
     specs = select(config.expand(suite, CATALOG), suite, only)
+    if launcher == "slurm":
+        jobs, summary = submit_slurm(specs, Path(results), suite.slurm, data_root=root, device=device)
+        if summary is None:  # a real cluster: the jobs run on; `qatbench status` follows them
+            return SweepSummary(submitted=[str(job.job_id) for job in jobs])
+        return summary
+    if workers > 1:
+        return run_local(specs, Path(results), workers, data_root=root, device=device, progress=progress)
     return run_specs(specs, Path(results), data_root=root, device=device, progress=progress)

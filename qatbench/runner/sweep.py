@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,34 @@ def plan(specs: list[RunSpec]) -> list[RunSpec]:
 class SweepSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     reused: int = 0
+    elsewhere: list[str] = field(default_factory=list)  # run ids another process was working on
+    trained_by_worker: list[int] = field(default_factory=list)  # local workers: runs each one trained
+    submitted: list[str] = field(default_factory=list)  # Slurm job ids, when the jobs run on without us
+    trained: int = 0  # runs this process trained (a worker's share)
 
     @property
     def counts(self) -> Counter:
         return Counter(r.get("status", "unknown") for r in self.records)
 
     def line(self) -> str:
+        if self.submitted:
+            return f"submitted {len(self.submitted)} Slurm array task(s): {', '.join(self.submitted)}"
         counts = self.counts
         parts = [f"{counts.get('done', 0)} done"]
         parts += [f"{n} {status}" for status, n in sorted(counts.items()) if status != "done"]
-        return f"{len(self.records)} runs: " + ", ".join(parts) + f" ({self.reused} already finished, skipped)"
+        line = f"{len(self.records)} runs: " + ", ".join(parts) + f" ({self.reused} already finished, skipped)"
+        if self.trained_by_worker:
+            line += (
+                f"; trained by {len(self.trained_by_worker)} workers: {' + '.join(map(str, self.trained_by_worker))}"
+            )
+        if self.elsewhere:
+            line += f"; {len(self.elsewhere)} left to another process running them"
+        return line
+
+
+def now() -> str:
+    """An ISO time in microseconds: records and sweeps compare their times as strings."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def check_data(specs: list[RunSpec], data_root: Path | None) -> None:
@@ -78,20 +97,45 @@ def check_analysis(specs: list[RunSpec], data_root: Path | None) -> None:
 
 
 def run_specs(
-    specs: list[RunSpec], results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
+    specs: list[RunSpec],
+    results: Path,
+    *,
+    data_root: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    checked: bool = False,
+    since: str | None = None,
 ) -> SweepSummary:
+    """Every run in plan order, each under its lock; `checked`: the data and analysis checks already ran.
+
+    A failed run is tried again, once per sweep: a failure recorded since `since` (the sweep's start,
+    shared by its workers) is this sweep's own, and another worker does not repeat it."""
+    since = since or now()
     summary = SweepSummary()
     planned = plan(specs)
-    pending = [s for s in planned if not store.is_finished(store.run_dir(results, s.suite, s.run_id))]
-    check_data(pending, data_root)
-    check_analysis(planned, data_root)
+    if not checked:
+        pending = [s for s in planned if not store.is_finished(store.run_dir(results, s.suite, s.run_id))]
+        check_data(pending, data_root)
+        check_analysis(planned, data_root)
     for spec in tqdm(planned, desc="runs", unit="run", disable=not progress):
         folder = store.run_dir(results, spec.suite, spec.run_id)
-        if store.is_finished(folder):
+        if spec.parent is not None:  # a parent another process is training: wait until it is done with it
+            with store.claim(store.run_dir(results, spec.parent.suite, spec.parent.run_id), wait=True):
+                pass
+        with store.claim(folder) as mine:
+            if not mine:
+                summary.elsewhere.append(spec.run_id)
+                continue
             record = store.read_record(folder)
-            record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
-            summary.records.append(record)
-            summary.reused += 1
-            continue
-        summary.records.append(run_one(spec, results, data_root=data_root, device=device, progress=progress))
+            if record is not None and record.get("status") == "failed" and str(record.get("finished_at")) >= since:
+                summary.records.append(record)  # tried in this sweep already, by another worker
+                continue
+            if store.is_finished(folder):  # checked under the lock: another process may just have finished it
+                record = store.read_record(folder)
+                record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+                summary.records.append(record)
+                summary.reused += 1
+                continue
+            summary.records.append(run_one(spec, results, data_root=data_root, device=device, progress=progress))
+            summary.trained += 1
     return summary

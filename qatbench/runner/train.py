@@ -36,7 +36,7 @@ from qatbench.errors import UserError
 from qatbench.methods import METHODS
 from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
-from qatbench.runner import store
+from qatbench.runner import resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
 from qatbench.runner.evaluate import evaluate
 
@@ -47,14 +47,21 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
+class CheckpointUnusable(Exception):
+    """A checkpoint that passed its checksum could not be applied to the rebuilt run."""
+
+
 def run_one(
     spec: RunSpec, results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
 ) -> dict[str, Any]:
     """Train and evaluate one run; write and return its record (whatever its status)."""
     folder = store.run_dir(results, spec.suite, spec.run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / store.CURVE).unlink(missing_ok=True)
-    (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
+    store.beat(folder, 0, spec.steps)
+    checkpoint = resume.load(folder, spec.run_id) if spec.checkpoint_every else None  # a killed run goes on
+    if checkpoint is None:
+        (folder / store.CURVE).unlink(missing_ok=True)
+        (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
     (folder / store.ERROR_LOG).unlink(missing_ok=True)
     started = time.time()
     record = describe(spec)
@@ -62,19 +69,38 @@ def run_one(
     try:
         torch_device = resolve_device(device)
         record["device"] = str(torch_device)
-        record.update(_train(spec, folder, results, data_root, torch_device, progress))
+        try:
+            trained = _train(spec, folder, results, data_root, torch_device, progress, checkpoint)
+        except CheckpointUnusable as exc:  # it read back whole but does not fit: start over, never fail for it
+            log.warning("run %s: checkpoint unusable (%s): removed; the run starts over", spec.run_id, exc)
+            resume.discard(folder)
+            (folder / store.CURVE).unlink(missing_ok=True)
+            (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
+            trained = _train(spec, folder, results, data_root, torch_device, progress, None)
+        record.update(trained)
         record["status"] = "done"
     except Diverged as exc:
         record.update(status="diverged", error=str(exc))
     except Exception as exc:  # noqa: BLE001  (a run's failure is data, not a crash)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0] + _hint(exc))
         (folder / store.ERROR_LOG).write_text(traceback.format_exc())
         log.warning("run %s failed: %s", spec.run_id, record["error"])
     record["wall_time_s"] = round(time.time() - started, 3)
     record["finished_at"] = _now()
     record = store.flatten(record)
     store.write_json(folder / store.RECORD, record)
+    if record["status"] in store.FINISHED:
+        resume.discard(folder)
     return analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+
+
+OOM_HINT = " (hint: out of memory; lower training.batch_size or training.eval_batch_size, or use a larger device)"
+
+
+def _hint(exc: Exception) -> str:
+    """What to do about a failure a user can fix without reading the traceback."""
+    out_of_memory = isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
+    return OOM_HINT if out_of_memory else ""
 
 
 def analyze_after(
@@ -153,7 +179,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _train(
-    spec: RunSpec, folder: Path, results: Path, data_root: Path | None, device: torch.device, progress: bool
+    spec: RunSpec,
+    folder: Path,
+    results: Path,
+    data_root: Path | None,
+    device: torch.device,
+    progress: bool,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     seed_everything(spec.seed)
     dataset = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
@@ -184,13 +216,24 @@ def _train(
     method = method_class(
         model, dataset.num_classes, spec.hparams, teacher=teacher, quant=spec.quant, total_steps=spec.steps
     )
+    start = 0
+    if checkpoint is not None:  # weights and method state now; the data is replayed, then the RNG set
+        try:
+            resume.apply(checkpoint, model, method)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointUnusable(f"{type(exc).__name__}: {exc}") from exc
+        start = int(checkpoint["step"])
+        for it in iterators:
+            for _ in range(start):
+                next(it)
+        resume.set_rng_state(checkpoint["rng"])
     compiled = should_compile(spec, device) and method_class.compilable
     if compiled:
         model.compile()  # in place: the module, its names and its state_dict stay as they are
     method.train()
 
     curve_path = folder / (store.FLOAT_CURVE if post_training else store.CURVE)
-    step_times: list[float] = []
+    step_times: list[float] = list(checkpoint["step_times"]) if checkpoint is not None else []
     eval_steps = set(range(spec.eval_every, spec.steps + 1, spec.eval_every)) | {spec.steps}
     last_eval: dict[str, Any] = {}
     bar = tqdm(
@@ -200,13 +243,18 @@ def _train(
         disable=not progress,
         unit="step",
     )
-    with bar, open(curve_path, "w") as curve:
+    last_beat = time.monotonic()
+    store.beat(folder, start, spec.steps)
+    if start:  # the evaluations after the checkpoint are made again
+        _truncate_curve(curve_path, start)
+        bar.update(start)
+    with bar, open(curve_path, "a" if start else "w") as curve:
         if spec.steps == 0:
             last_eval = _log_eval(curve, 0, {}, method, dataset, splits, spec, device)
-        for step in range(1, spec.steps + 1):
+        for step in range(start + 1, spec.steps + 1):
             t0 = time.perf_counter()
             minibatches = [tuple(t.to(device, non_blocking=True) for t in next(it)) for it in iterators]
-            if compiled and step == 1:
+            if compiled and step == start + 1:
                 losses, compiled = _first_compiled_update(method, minibatches)
             else:
                 losses = method.update(minibatches)
@@ -214,10 +262,15 @@ def _train(
             if not all(math.isfinite(v) for v in losses.values()):
                 raise Diverged(f"loss became {losses} at step {step}")
             bar.update(1)
+            if time.monotonic() - last_beat > store.HEARTBEAT_S:
+                store.beat(folder, step, spec.steps)
+                last_beat = time.monotonic()
             if step in eval_steps:
                 last_eval = _log_eval(curve, step, losses, method, dataset, splits, spec, device)
                 shown = {k: last_eval.get(k) for k in ("id_acc", "ood_acc")}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
+                resume.save(folder, step, method.model, method, step_times, spec.run_id)
     float_metrics = {}
     if post_training:
         float_metrics = {f"float.{k}": v for k, v in last_eval.items() if k.endswith("_acc")}
@@ -238,6 +291,7 @@ def _train(
         **float_metrics,  # PTQ runs: the float model's accuracies before quantization
         **sizes,
         "final_step": last_eval.get("step", 0),
+        "resumed_from_step": start or None,  # a killed run that went on from its last checkpoint
         "model_file": store.MODEL,
         "train": losses,
         "environments": dataset.environments,
@@ -325,6 +379,19 @@ def calibration_data(dataset, splits, train_envs: list[int], spec: RunSpec, devi
     return chunks
 
 
+def _truncate_curve(path: Path, step: int) -> None:
+    """Keep the evaluations up to the checkpoint's step: those after it are made again."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line torn by the crash
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def _log_eval(curve, step: int, losses, method, dataset, splits, spec: RunSpec, device) -> dict[str, Any]:
     metrics = evaluate(
         method, splits, spec.test_envs, spec.eval_batch_size, device, dataset.eval_transform, dataset.train_envs
@@ -345,4 +412,4 @@ def _parent_weights(parent: RunSpec, results: Path) -> dict[str, torch.Tensor]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")

@@ -1,0 +1,108 @@
+"""Resumable checkpoints of a run in progress: `resume.pt` holds the SHA-256 of its payload on its
+first line, then the payload (model, method state, RNG states, the step reached, the run id and the
+versions that wrote it), written atomically in one file, so no crash can leave a checkpoint and a
+checksum that disagree. A checkpoint that does not match its checksum (a disk that filled up, a copy
+cut short), belongs to another run or version, or cannot be applied, is reported, removed, and the
+run starts over instead of failing; the finished run removes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import qatbench
+from qatbench.methods.state import restore, snapshot
+from qatbench.runner import store
+
+RESUME = "resume.pt"
+
+log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _versions() -> dict[str, str]:
+    return {"qatbench": qatbench.__version__, "torch": torch.__version__}
+
+
+def save(folder: Path, step: int, model: torch.nn.Module, method: Any, step_times: list[float], run_id: str) -> None:
+    """Checkpoint after `step` updates, checksum and payload in one atomic write."""
+    state = {
+        "run_id": run_id,
+        "versions": _versions(),
+        "step": step,
+        "model": model.state_dict(),
+        "method": snapshot(method, model),
+        "rng": rng_state(),
+        "step_times": list(step_times),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    store.atomic_write_bytes(Path(folder) / RESUME, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def _read(folder: Path) -> dict[str, Any]:
+    data = (Path(folder) / RESUME).read_bytes()
+    digest, _, payload = data.partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise ValueError("its SHA-256 does not match its content")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+def valid(folder: Path) -> bool:
+    """Whether the folder holds a checkpoint that reads back whole (for `clean`, which keeps those)."""
+    try:
+        return (Path(folder) / RESUME).is_file() and isinstance(_read(folder), dict)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def load(folder: Path, run_id: str) -> dict[str, Any] | None:
+    """The run's last checkpoint, or None: none, or unusable (then removed, with a warning)."""
+    path = Path(folder) / RESUME
+    if not path.is_file():
+        return None
+    try:
+        state = _read(folder)
+        if state.get("run_id") != run_id or state.get("versions") != _versions():
+            raise ValueError(f"written by run {state.get('run_id')} with {state.get('versions')}")
+        return state
+    except Exception as exc:  # noqa: BLE001  (whatever is wrong with it, the run starts over)
+        log.warning("unusable checkpoint %s (%s): removed; the run starts over", path, exc)
+        discard(folder)
+        return None
+
+
+def apply(state: dict[str, Any], model: torch.nn.Module, method: Any) -> None:
+    """Weights and method state of the checkpoint; the RNG is set by the caller once the data is replayed."""
+    model.load_state_dict(state["model"])
+    restore(method, state["method"], model)
+
+
+def discard(folder: Path) -> None:
+    """The checkpoint, and any temporary file a save killed halfway left beside it."""
+    (Path(folder) / RESUME).unlink(missing_ok=True)
+    for leftover in Path(folder).glob(f".{RESUME}.*.tmp"):
+        leftover.unlink(missing_ok=True)

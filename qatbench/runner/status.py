@@ -1,0 +1,100 @@
+"""Where a sweep stands, read from its run folders alone: how many runs are done, running, failed,
+dead or pending, and how long the rest will take at the step times its finished runs measured.
+`clean` removes what only a crash leaves behind: partial folders nobody works on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qatbench.config import RunSpec
+from qatbench.runner import resume, store
+
+STATES = ("done", "diverged", "failed", "running", "dead", "pending")
+
+
+@dataclass
+class SuiteStatus:
+    states: dict[str, str] = field(default_factory=dict)  # run_id -> state
+    eta_s: float | None = None  # pending + running work at the measured run times, one worker
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(self.states.values())
+
+    def line(self, name: str) -> str:
+        counts = self.counts
+        parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES)
+        eta = "no step time measured yet" if self.eta_s is None else _duration(self.eta_s)
+        left = counts.get("pending", 0) + counts.get("running", 0) + counts.get("dead", 0)
+        return f"suite '{name}': {len(self.states)} runs: {parts}\nETA for the {left} left: {eta} (one worker)"
+
+
+def suite_status(specs: list[RunSpec], results: Path) -> SuiteStatus:
+    """States of every run, and an ETA from the wall times (training, evaluations and analyses) of the
+    finished runs: per method the median, else the median time per step of all of them."""
+    status = SuiteStatus()
+    run_times: dict[str, list[float]] = {}
+    per_step: list[float] = []
+    for spec in specs:
+        folder = store.run_dir(results, spec.suite, spec.run_id)
+        status.states[spec.run_id] = store.state(folder)
+        record = store.read_record(folder) or {}
+        wall = record.get("wall_time_s")
+        if record.get("status") == "done" and isinstance(wall, int | float):
+            wall += float(record.get("analysis.time_s") or 0.0)
+            run_times.setdefault(spec.method, []).append(wall)
+            per_step.append(wall / max(spec.steps, 1))
+    if per_step:
+        status.eta_s = 0.0
+        for spec in specs:
+            state = status.states[spec.run_id]
+            if state not in ("pending", "dead", "running", "failed"):  # failed runs are tried again
+                continue
+            known = run_times.get(spec.method)
+            estimate = statistics.median(known) if known else statistics.median(per_step) * max(spec.steps, 1)
+            if state == "running" and spec.steps:
+                estimate *= (
+                    1 - min(_steps_done(store.run_dir(results, spec.suite, spec.run_id)), spec.steps) / spec.steps
+                )
+            status.eta_s += estimate
+    return status
+
+
+def clean_incomplete(specs: list[RunSpec], results: Path) -> tuple[list[Path], list[Path]]:
+    """Empty the folders of dead partial runs (no record, nobody holding the lock); never a finished,
+    failed or running run's, and not one with a valid checkpoint to resume from (kept, and returned
+    second). The lock file stays: a process that opened it must keep locking the same file."""
+    removed, resumable = [], []
+    for spec in specs:
+        folder = store.run_dir(results, spec.suite, spec.run_id)
+        if store.state(folder) != "dead":
+            continue
+        with store.claim(folder) as mine:  # a run that starts now is not removed under its feet
+            if not mine or store.read_record(folder) is not None:
+                continue
+            if resume.valid(folder):
+                resumable.append(folder)
+                continue
+            for path in folder.iterdir():
+                if path.name != store.LOCK:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(folder)
+    return removed, resumable
+
+
+def _steps_done(folder: Path) -> int:
+    """The step a running run last reported in its heartbeat."""
+    try:
+        return int(json.loads((folder / store.HEARTBEAT).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
