@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,3 +78,47 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
         env=env,
         timeout=timeout,
     )
+
+
+def write_run_folder(
+    results: Path,
+    run_id: str,
+    *,
+    label: str,
+    bits: str,
+    seed: int,
+    test_envs: list[int],
+    environments: list[str],
+    curve_rows: list[dict],
+    suite: str = "suite",
+    dataset: str = "RotatedMNIST",
+    model: str = "small_cnn",
+    status: str = "done",
+    error: str = "",
+    finished_at: str = "2026-01-01T00:00:00+00:00",
+    **extra,
+) -> Path:
+    """A run folder in the runner's real format (record.json, curve.jsonl) from synthetic numbers."""
+    folder = results / suite / run_id
+    folder.mkdir(parents=True)
+    (folder / "curve.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve_rows))
+    record = {
+        "run_id": run_id,
+        "suite": suite,
+        "dataset": dataset,
+        "model": model,
+        "label": label,
+        "method": label,
+        "bits": bits,
+        "w_bits": 32 if bits == "FP" else int(bits[1]),
+        "seed": seed,
+        "test_envs": test_envs,
+        "environments": environments,
+        "status": status,
+        "error": error,
+        "curve_file": "curve.jsonl",
+        "finished_at": finished_at,
+        **extra,
+    }
+    (folder / "record.json").write_text(json.dumps(record))
+    return folder

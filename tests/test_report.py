@@ -14,7 +14,7 @@ import pytest
 
 from qatbench import report
 from qatbench.report.select import LastCheckpoint, TrainingDomainValidation
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, write_run_folder
 
 ENVS = ["0", "15", "30"]
 
@@ -33,31 +33,14 @@ def _write_run(
     finished_at: str = "2026-01-01T00:00:00+00:00",
 ) -> None:
     """curve: (id_acc, ood_acc, test-env out acc) per evaluation, at steps 10, 20, ..."""
-    folder = results / "suite" / run_id
-    folder.mkdir(parents=True)
     rows = [
         {"step": 10 * (k + 1), "loss": 1.0, "id_acc": i, "ood_acc": o, f"env{test_env}_out_acc": t}
         for k, (i, o, t) in enumerate(curve)
     ]
-    (folder / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    record = {
-        "run_id": run_id,
-        "suite": "suite",
-        "dataset": "RotatedMNIST",
-        "model": "small_cnn",
-        "label": label,
-        "method": label,
-        "bits": bits,
-        "w_bits": 32 if bits == "FP" else int(bits[1]),
-        "seed": seed,
-        "test_envs": [test_env],
-        "environments": ENVS,
-        "status": status,
-        "error": error,
-        "curve_file": "curve.jsonl",
-        "finished_at": finished_at,
-    }
-    (folder / "record.json").write_text(json.dumps(record))
+    write_run_folder(
+        results, run_id, label=label, bits=bits, seed=seed, test_envs=[test_env], environments=ENVS,
+        curve_rows=rows, status=status, error=error, finished_at=finished_at,
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ records with hand-computed numbers: "[paper]" rows, delta notes, setting differe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,7 @@ import pytest
 from qatbench import report
 from qatbench.errors import UserError
 from qatbench.report import load_references
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, write_run_folder
 
 REFERENCES = ROOT / "suites" / "references"
 HEADER = "method,dataset,model,bits,test_env,metric,value,baseline,source,note,variant,image_size,steps"
@@ -48,31 +47,12 @@ def _write_run(
     image_size: int | None = 64,
 ) -> None:
     """One finished run with a one-evaluation curve (what any selection picks), flat keys as records have."""
-    folder = results / suite / run_id
-    folder.mkdir(parents=True)
     row = {"step": steps, "loss": 1.0, "id_acc": 0.9, "ood_acc": ood, f"env{test_env}_out_acc": 0.9}
-    (folder / "curve.jsonl").write_text(json.dumps(row) + "\n")
-    record = {
-        "run_id": run_id,
-        "suite": suite,
-        "dataset": dataset,
-        "model": model,
-        "label": label,
-        "method": label,
-        "bits": bits,
-        "w_bits": 32 if bits == "FP" else int(bits[1]),
-        "seed": seed,
-        "test_envs": [test_env],
-        "environments": environments,
-        "steps": steps,
-        "status": "done",
-        "error": "",
-        "curve_file": "curve.jsonl",
-        "finished_at": "2026-01-01T00:00:00+00:00",
-    }
-    if image_size is not None:
-        record["dataset_options.image_size"] = image_size
-    (folder / "record.json").write_text(json.dumps(record))
+    extra = {"steps": steps} | ({"dataset_options.image_size": image_size} if image_size is not None else {})
+    write_run_folder(
+        results, run_id, label=label, bits=bits, seed=seed, test_envs=[test_env], environments=environments,
+        curve_rows=[row], suite=suite, dataset=dataset, model=model, **extra,
+    )  # fmt: skip
 
 
 def _write_pacs(results: Path) -> Path:

@@ -4,7 +4,6 @@ here on its own, with the formula spelled out)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from qatbench.report.select import SELECTIONS, LastCheckpoint, TestDomainOracle,
 from qatbench.report.sharpness import MIN_RUNS, correlation_tables, kendall
 from qatbench.report.significance import ALPHA, bootstrap_ci, compare, welch, welch_ci
 from qatbench.report.tables import DAGGER, best_cells, build_tables, to_text
+from tests.conftest import write_run_folder
 
 ENVS = ["0", "15", "30"]
 
@@ -42,8 +42,6 @@ def _write_run(
 ) -> None:
     """curve: (id_acc, ood_acc, in_acc) per evaluation, at steps 10, 20, ...; in_acc is env{t}_in_acc of
     every test env t (a float), or per test env ({t: acc}); env{t}_out_acc = env{t}_in_acc."""
-    folder = results / "suite" / run_id
-    folder.mkdir(parents=True)
     rows = []
     for k, (id_acc, ood_acc, in_acc) in enumerate(curve):
         per_env = in_acc if isinstance(in_acc, dict) else dict.fromkeys(test_envs, in_acc)
@@ -51,25 +49,10 @@ def _write_run(
         for t, acc in per_env.items():
             row.update({f"env{t}_in_acc": acc, f"env{t}_out_acc": acc})
         rows.append(row)
-    (folder / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    record = {
-        "run_id": run_id,
-        "suite": "suite",
-        "dataset": "RotatedMNIST",
-        "model": "small_cnn",
-        "label": label,
-        "method": label,
-        "bits": bits,
-        "w_bits": 32 if bits == "FP" else int(bits[1]),
-        "seed": seed,
-        "test_envs": test_envs,
-        "environments": ENVS,
-        "status": status,
-        "error": error,
-        "curve_file": "curve.jsonl",
-        "finished_at": finished_at,
-    }
-    (folder / "record.json").write_text(json.dumps(record))
+    write_run_folder(
+        results, run_id, label=label, bits=bits, seed=seed, test_envs=test_envs, environments=ENVS,
+        curve_rows=rows, status=status, error=error, finished_at=finished_at,
+    )  # fmt: skip
 
 
 def _done(results: Path, run_id: str, label: str, bits: str, seed: int, ood: float, id_acc: float, test_env=0):
