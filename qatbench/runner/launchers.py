@@ -24,7 +24,8 @@ from qatbench.config import RunSpec
 from qatbench.config.suite import SlurmConfig
 from qatbench.errors import UserError
 from qatbench.runner import store
-from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, now, plan, run_specs
+from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, plan, run_specs
+from qatbench.runner.train import now
 
 log = logging.getLogger(__name__)
 

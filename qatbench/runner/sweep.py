@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from qatbench.models import build_model
 from qatbench.quant import quantize_model
 from qatbench.runner import store
 from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
-from qatbench.runner.train import analyze_after, run_one
+from qatbench.runner.train import analyze_after, now, run_one
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +57,6 @@ class SweepSummary:
         if self.elsewhere:
             line += f"; {len(self.elsewhere)} left to another process running them"
         return line
-
-
-def now() -> str:
-    """An ISO time in microseconds: records and sweeps compare their times as strings."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def check_data(specs: list[RunSpec], data_root: Path | None) -> None:

@@ -65,7 +65,7 @@ def run_one(
     (folder / store.ERROR_LOG).unlink(missing_ok=True)
     started = time.time()
     record = describe(spec)
-    record["started_at"] = _now()
+    record["started_at"] = now()
     try:
         torch_device = resolve_device(device)
         record["device"] = str(torch_device)
@@ -86,7 +86,7 @@ def run_one(
         (folder / store.ERROR_LOG).write_text(traceback.format_exc())
         log.warning("run %s failed: %s", spec.run_id, record["error"])
     record["wall_time_s"] = round(time.time() - started, 3)
-    record["finished_at"] = _now()
+    record["finished_at"] = now()
     record = store.flatten(record)
     store.write_json(folder / store.RECORD, record)
     if record["status"] in store.FINISHED:
@@ -411,5 +411,6 @@ def _parent_weights(parent: RunSpec, results: Path) -> dict[str, torch.Tensor]:
     return torch.load(folder / store.MODEL, map_location="cpu", weights_only=True)
 
 
-def _now() -> str:
+def now() -> str:
+    """An ISO time in microseconds: records and sweeps compare their times as strings."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
