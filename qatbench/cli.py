@@ -270,8 +270,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     records = report.load_records(results)
 
     def render(records, fmt):
+        with_claims = claims if board else None
         return report.render(
-            records, fmt, args.selection, references=references, baseline=args.baseline, claims=claims if board else None
+            records, fmt, args.selection, references=references, baseline=args.baseline, claims=with_claims
         )
 
     if args.claims and not board:
@@ -291,12 +292,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     text = render(records, args.format)
     if args.out:
-        out = Path(args.out) / f"report.{'tex' if args.format == 'latex' else 'md'}"
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
-        except OSError as exc:
-            raise UserError(f"--out {args.out}: cannot write {out}: {exc.strerror or exc}") from None
+        _write_text(args, "report", text)
         if not args.no_figures:
             from qatbench.report.figures import report_figures
 
@@ -305,6 +301,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"{len(written)} figure files written to {Path(args.out) / 'figures'}", file=sys.stderr)
     print(text)
     return 0
+
+
+def _write_text(args: argparse.Namespace, stem: str, text: str) -> None:
+    """`--out DIR`: DIR/<stem>.md, or .tex with --format latex."""
+    out = Path(args.out) / f"{stem}.{'tex' if args.format == 'latex' else 'md'}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: cannot write {out}: {exc.strerror or exc}") from None
 
 
 def _claims(folder: str | None, root: Path | None, required: bool):
@@ -331,12 +337,7 @@ def _report_claims(args: argparse.Namespace, records, claims) -> int:
     tables = report.claim_tables(records, claims, args.selection)
     text = report.claims_text(tables, args.format)
     if args.out:
-        out = Path(args.out) / f"claims.{'tex' if args.format == 'latex' else 'md'}"
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
-        except OSError as exc:
-            raise UserError(f"--out {args.out}: cannot write {out}: {exc.strerror or exc}") from None
+        _write_text(args, "claims", text)
         if not args.no_figures:
             from qatbench.report.figures_claims import claims_figures
 

@@ -56,19 +56,21 @@ def test_the_shipped_claims_file_loads_and_names_the_issue_claims():
     assert claims["gaqat-ood"].bits == ("W4A4", "W3A3") and claims["gaqat-ood"].baseline == "lsq_sagm"
     assert claims["qtdog-flatter"].direction == "less"
     assert claims["flatness-predicts-ood"].kind == "correlation"
-    assert {"fqat-sharper-trace", "fqat-sharper-eigenvalue", "fpq-flatter", "cr-accuracy", "mec-accuracy"} <= set(claims)
+    assert {"fqat-sharper-trace", "fqat-sharper-eigenvalue", "fpq-flatter", "cr-accuracy", "mec-accuracy"} <= set(
+        claims
+    )
 
 
 @pytest.mark.parametrize(
     "old, new, expected",
     [
-        ("direction: greater", "direction: bigger", "claim 1 (c1), key 'direction': 'bigger' not allowed; allowed: greater, less"),
-        ("metric: hessian.trace", "metric: hessian.trce", "claim 1 (c1), key 'metric': metric 'hessian.trce' unknown (did you mean 'hessian.trace'?)"),
-        ("metric: hessian.trace", "metric: ood_acc - hessian.trace", "key 'metric': 'ood_acc - hessian.trace' is not one metric"),
-        ("    baseline: parent\n", "    baseline: parent\n    baseln: x\n", "claim 1 (c1), key 'baseln' unknown for a difference claim (did you mean 'baseline'?)"),
+        ("greater", "bigger", "claim 1 (c1), key 'direction': 'bigger' not allowed; allowed: greater, less"),
+        ("hessian.trace", "hessian.trce", "claim 1 (c1), key 'metric': metric 'hessian.trce' unknown (did you mean"),
+        ("hessian.trace", "ood_acc - hessian.trace", "key 'metric': 'ood_acc - hessian.trace' is not one metric"),
+        ("parent\n", "parent\n    baseln: x\n", "claim 1 (c1), key 'baseln' unknown for a difference claim (did you"),
         ("    method: lsq\n", "", "claim 1 (c1), key 'method' missing; a difference claim needs id, paper"),
-        ("    paper: P\n", "    paper: P\n    kind: regression\n", "key 'kind': 'regression' not allowed; allowed: correlation, difference"),
-        ("    paper: P\n", "    paper: P\n    bits: {a: 1}\n", "key 'bits': expected a bit width or a list of them"),
+        ("P\n", "P\n    kind: regression\n", "key 'kind': 'regression' not allowed; allowed: correlation, difference"),
+        ("P\n", "P\n    bits: {a: 1}\n", "key 'bits': expected a bit width or a list of them"),
         ("claims:", "claims: [", "not valid YAML at line"),
         ("claims:", "claimz:", "expected a top-level key 'claims' holding a list of claims"),
     ],
@@ -169,7 +171,8 @@ def test_vectorised_tau_b_agrees_with_scipy_ties_included():
 
 def _run(results, run_id, label, bits, seed, *, trace, ood=0.5, id_acc=0.9, env=0, parent=None):
     """A finished run with one evaluation (what every selection reports) and a Hessian trace."""
-    curve = [{"step": 10, "loss": 1.0, "id_acc": id_acc, "ood_acc": ood, f"env{env}_in_acc": ood, f"env{env}_out_acc": ood}]
+    curve = [{"step": 10, "loss": 1.0, "id_acc": id_acc, "ood_acc": ood}]
+    curve[0] |= {f"env{env}_in_acc": ood, f"env{env}_out_acc": ood}
     write_run_folder(
         results, run_id, label=label, bits=bits, seed=seed, test_envs=[env], environments=["0", "15"],
         curve_rows=curve, id_acc=id_acc, ood_acc=ood, parent_run_id=parent, **{"hessian.trace": trace},
@@ -177,10 +180,10 @@ def _run(results, run_id, label, bits, seed, *, trace, ood=0.5, id_acc=0.9, env=
 
 
 def _claim(tmp_path, **fields) -> list:
+    defaults = {"direction": "greater", "baseline": "parent", "metric": "hessian.trace"}
     text = VALID
     for key, value in fields.items():
-        text = text.replace(f"    {key}: " + {"direction": "greater", "baseline": "parent", "metric": "hessian.trace"}[key],
-                            f"    {key}: {value}")  # fmt: skip
+        text = text.replace(f"    {key}: {defaults[key]}", f"    {key}: {value}")
     return load_claims(_claims_file(tmp_path, text))
 
 
@@ -286,8 +289,8 @@ def test_golden_claims_table_matches_byte_for_byte():
     if REGENERATE:
         (GOLDEN / "claims.md").write_text(text)
     assert text == (GOLDEN / "claims.md").read_text()
-    for verdict in ("| supported ", "| contradicted ", "| inconclusive at n = 9 ", "| waiting: no finished runs of qtdog"):
-        assert verdict in text
+    for verdict in ("supported", "contradicted", "inconclusive at n = 9", "waiting: no finished runs of qtdog"):
+        assert f"| {verdict} " in text
 
 
 def test_report_claims_cli_writes_latex_and_the_figure(tmp_path):
@@ -302,3 +305,11 @@ def test_report_claims_cli_writes_latex_and_the_figure(tmp_path):
     assert result.stdout == tex + "\n"
     figure = out / "figures" / "golden_RotatedMNIST_small_cnn" / "claims.png"
     assert figure.stat().st_size > 10_000 and figure.with_suffix(".pdf").is_file()
+
+
+def test_a_metric_the_records_lack_waits_instead_of_testing_nothing(tmp_path):
+    records = _parent_records(tmp_path, [1.0, 2.0]).drop(columns=["hessian.trace"])
+    row = _only_row(records, _claim(tmp_path))
+    assert row.verdict == "waiting: no Tr(H) in the records of these runs"
+    row = _only_row(records.drop(columns=["parent_run_id"]), _claim(tmp_path))
+    assert row.verdict == "waiting: the records name no FP parent (parent_run_id)"

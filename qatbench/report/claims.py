@@ -79,7 +79,9 @@ def load_claims(path: str | Path) -> list[Claim]:
     for number, entry in enumerate(entries, 1):
         claim = _claim(entry, f"{path}: claim {number}")
         if claim.id in seen:
-            raise UserError(f"{path}: claim {number} ({claim.id}), key 'id': '{claim.id}' is used twice; ids are unique")
+            raise UserError(
+                f"{path}: claim {number} ({claim.id}), key 'id': '{claim.id}' is used twice; ids are unique"
+            )
         seen.add(claim.id)
         claims.append(claim)
     return claims
@@ -92,7 +94,9 @@ def _claim(entry, where: str) -> Claim:
         where = f"{where} ({entry['id']})"
     kind = entry.get("kind", "difference")
     if kind not in KINDS:
-        raise UserError(f"{where}, key 'kind': '{kind}' not allowed{did_you_mean(kind, KINDS)}; allowed: {allowed_list(KINDS)}")
+        raise UserError(
+            f"{where}, key 'kind': '{kind}' not allowed{did_you_mean(kind, KINDS)}; allowed: {allowed_list(KINDS)}"
+        )
     unknown = sorted(set(map(str, entry)) - KEYS[kind])
     if unknown:
         raise UserError(
@@ -118,8 +122,8 @@ def _claim(entry, where: str) -> Claim:
     text = {k: str(entry.get(k) or "") for k in ("id", "paper", "where", "statement", "paper_value")}
     if kind == "difference":
         return Claim(
-            **text, kind=kind, direction=direction, bits=tuple(bits),
-            method=str(entry["method"]), baseline=str(entry["baseline"]), metric=_metric(entry["metric"], where, "metric"),
+            **text, kind=kind, direction=direction, bits=tuple(bits), method=str(entry["method"]),
+            baseline=str(entry["baseline"]), metric=_metric(entry["metric"], where, "metric"),
         )  # fmt: skip
     return Claim(
         **text, kind=kind, direction=direction, bits=tuple(bits),

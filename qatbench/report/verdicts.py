@@ -129,9 +129,11 @@ def _difference_rows(claim: Claim, runs: pd.DataFrame) -> list[Row]:
 
 
 def _versus_parent(row: Row, ours: pd.DataFrame, runs: pd.DataFrame) -> None:
+    if PARENT_ID not in ours:
+        row.waiting = "the records name no FP parent (parent_run_id)"
+        return
     parents = runs.drop_duplicates("run_id").set_index("run_id")
-    ids = ours[PARENT_ID] if PARENT_ID in ours else pd.Series(dtype=object)
-    pairs = ours[ids.isin(parents.index)]
+    pairs = ours[ours[PARENT_ID].isin(parents.index)]
     if pairs.empty:
         row.waiting = "no finished FP parent among the records"
         return
@@ -164,6 +166,9 @@ def _versus_method(row: Row, ours: pd.DataFrame, runs: pd.DataFrame) -> None:
 
 def _paired(row: Row, differences: np.ndarray) -> None:
     result = paired(differences)
+    if result.n == 0:
+        row.waiting = f"no {describe(row.claim.metric)} in the records of these runs"
+        return
     row.test, row.effect, row.p, row.flip_p = "paired t", result.mean, result.t_p, result.flip_p
     row.ci_low, row.ci_high, row.detectable = result.ci_low, result.ci_high, result.detectable
     row.n, row.n_min = str(result.n), result.n
@@ -266,8 +271,9 @@ def _text_table(table: ClaimTable) -> TextTable:
         f"distribution (exact up to 16 pairs; never below 2/2^n, so 1/32 at 6 pairs); Welch's t-test where "
         f"fewer than 2 runs pair (n = runs vs runs). Correlations: Kendall's "
         f"tau-b over runs (final weights and accuracies) with scipy's p and a bootstrap 95% interval. "
-        f"p Holm: the first p with Holm's correction across the rows of this table. Verdict: supported or contradicted when "
-        f"p Holm < {ALPHA} (by the sign of the effect against the paper's), else inconclusive at its n. "
+        f"p Holm: the first p with Holm's correction across the rows of this table. Verdict: supported or "
+        f"contradicted when p Holm < {ALPHA} (by the sign of the effect against the paper's), else inconclusive "
+        f"at its n. "
         f"Detectable: the smallest true effect a two-sided test at {ALPHA} (uncorrected) finds with 80% power "
         f"at this n and spread. Paper: the paper's own number, when it gives one."
     )
