@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--references", default=None, help="folder of the papers' numbers (default: suites/references; none: off)"
     )
+    report.add_argument(
+        "--claims",
+        action="store_true",
+        help="only the verdicts on the papers' claims (claims.yaml of the --references folder), and their figure",
+    )
     report.add_argument("--out", help="also write the report (and its figures) into this folder")
     report.add_argument("--no-figures", action="store_true", help="with --out: tables only")
     report.add_argument(
@@ -258,15 +263,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if not results.is_dir():
         raise UserError(f"{results}: results folder not found (run a suite first: qatbench run suites/quickstart.yaml)")
-    references = _references(
-        args.references, leaderboard.repo_root(results) if args.leaderboard or args.check else None
-    )
+    board = args.leaderboard or args.check
+    root = leaderboard.repo_root(results) if board else None
+    references = _references(args.references, root)
+    claims = _claims(args.references, root, required=args.claims)
     records = report.load_records(results)
 
     def render(records, fmt):
-        return report.render(records, fmt, args.selection, references=references, baseline=args.baseline)
+        with_claims = claims if board else None
+        return report.render(
+            records, fmt, args.selection, references=references, baseline=args.baseline, claims=with_claims
+        )
 
-    if args.leaderboard or args.check:
+    if args.claims and not board:
+        return _report_claims(args, records, claims)
+    if board:
         out = Path(args.out or "reports")
         texts = leaderboard.leaderboard_texts(leaderboard.committed_records(records, results), results, render)
         if args.check:
@@ -281,17 +292,56 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     text = render(records, args.format)
     if args.out:
-        out = Path(args.out) / f"report.{'tex' if args.format == 'latex' else 'md'}"
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
-        except OSError as exc:
-            raise UserError(f"--out {args.out}: cannot write {out}: {exc.strerror or exc}") from None
+        _write_text(args, "report", text)
         if not args.no_figures:
             from qatbench.report.figures import report_figures
 
             tables = report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
             written = report_figures(tables, records, Path(args.out) / "figures")
+            print(f"{len(written)} figure files written to {Path(args.out) / 'figures'}", file=sys.stderr)
+    print(text)
+    return 0
+
+
+def _write_text(args: argparse.Namespace, stem: str, text: str) -> None:
+    """`--out DIR`: DIR/<stem>.md, or .tex with --format latex."""
+    out = Path(args.out) / f"{stem}.{'tex' if args.format == 'latex' else 'md'}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _claims(folder: str | None, root: Path | None, required: bool):
+    """The claims file of the references folder (see _references); absent: None, or an error with --claims."""
+    from qatbench.report import load_claims
+    from qatbench.report.claims import FILE
+
+    if folder == "none":
+        if required:
+            raise UserError("--claims: the claims file lives in the --references folder, which is 'none'")
+        return None
+    path = (Path(folder) if folder is not None else (root or Path()) / "suites" / "references") / FILE
+    if not path.is_file():
+        if required:
+            raise UserError(f"--claims: {path} not found (a YAML file of claims, see suites/references/README.md)")
+        return None
+    return load_claims(path)
+
+
+def _report_claims(args: argparse.Namespace, records, claims) -> int:
+    """`report --claims`: the claims tables; with --out also claims.md (.tex) and the claims figure."""
+    from qatbench import report
+
+    tables = report.claim_tables(records, claims, args.selection)
+    text = report.claims_text(tables, args.format)
+    if args.out:
+        _write_text(args, "claims", text)
+        if not args.no_figures:
+            from qatbench.report.figures_claims import claims_figures
+
+            written = claims_figures(tables, Path(args.out) / "figures")
             print(f"{len(written)} figure files written to {Path(args.out) / 'figures'}", file=sys.stderr)
     print(text)
     return 0

@@ -94,6 +94,7 @@ def test_leaderboard_is_written_with_its_provenance_and_check_passes(tmp_path):
     assert tex.startswith("% # qatbench leaderboard") and r"\begin{table}" in tex
     assert tex.splitlines()[-2:] == [f"% {line}" for line in footer]
     assert "lsq [paper]" in md  # the references of suites/references sit beside the measured rows
+    assert "### golden · RotatedMNIST · small_cnn · claims" in md and "| contradicted " in md  # its claims.yaml
     check = run_cli("report", "--check", cwd=repo)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "match the records" in check.stdout

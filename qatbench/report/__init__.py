@@ -14,6 +14,7 @@ from typing import Literal
 import pandas as pd
 
 from qatbench.errors import UserError, allowed_list, did_you_mean
+from qatbench.report.claims import Claim, load_claims
 from qatbench.report.collect import load_curves, load_records
 from qatbench.report.comparisons import comparison_table
 from qatbench.report.references import attach_references, load_references
@@ -22,17 +23,24 @@ from qatbench.report.select import SELECTIONS, Selection
 from qatbench.report.sharpness import correlation_tables
 from qatbench.report.sharpness_table import sharpness_tables
 from qatbench.report.tables import TABLE, Table, build_tables, to_text
+from qatbench.report.verdicts import ClaimTable, claims_text_tables, measure_claims
 
 __all__ = [
     "SELECTIONS",
+    "Claim",
+    "ClaimTable",
     "Selection",
     "Table",
     "TextTable",
     "build_tables",
+    "claim_tables",
+    "claims_text",
+    "load_claims",
     "load_curves",
     "load_records",
     "load_references",
     "render",
+    "render_claims",
     "text_tables",
 ]
 
@@ -48,11 +56,7 @@ def text_tables(
 ) -> list[TextTable]:
     """Every table of a report, in order: per suite, dataset and model, the accuracy table of each bit
     width with its comparison against the baseline, then sharpness and its correlation with OOD accuracy."""
-    if selection not in SELECTIONS:
-        raise UserError(
-            f"--selection: unknown selection '{selection}'{did_you_mean(selection, SELECTIONS)}; "
-            f"allowed: {allowed_list(SELECTIONS)}"
-        )
+    _check_selection(selection)
     baselines = {"quantized": baseline} if baseline else {}
     tables = build_tables(records, SELECTIONS[selection](), load_curves, baselines)
     out: list[TextTable] = []
@@ -74,17 +78,57 @@ def render(
     selection: str = "training_domain",
     references: pd.DataFrame | None = None,
     baseline: str | None = None,
+    claims: list[Claim] | None = None,
 ) -> str:
-    """The tables of every (suite, dataset, model, bits) in `records`, plus what is missing."""
+    """The tables of every (suite, dataset, model, bits) in `records`, the verdicts on `claims` when
+    given, plus what is missing."""
+    _check_format(format)
+    if records.empty or "status" not in records:
+        return "No records found.\n"
+    tables = text_tables(records, selection, references, baseline)
+    if claims:
+        tables += claims_text_tables(claim_tables(records, claims, selection))
+    body = to_markdown(tables) if format == "md" else to_latex(tables)
+    return body + _not_counted(records, format)
+
+
+def claim_tables(records: pd.DataFrame, claims: list[Claim], selection: str = "training_domain") -> list[ClaimTable]:
+    """Per (suite, dataset, model): every claim measured on the records, with its verdict."""
+    _check_selection(selection)
+    if records.empty or "status" not in records:
+        return []
+    return measure_claims(records, claims, SELECTIONS[selection](), load_curves)
+
+
+def render_claims(
+    records: pd.DataFrame, claims: list[Claim], format: Format = "md", selection: str = "training_domain"
+) -> str:
+    """The claims tables alone (`qatbench report --claims`)."""
+    _check_format(format)
+    return claims_text(claim_tables(records, claims, selection), format)
+
+
+def claims_text(tables: list[ClaimTable], format: Format = "md") -> str:
+    _check_format(format)
+    if not tables:
+        return "No records found.\n"
+    texts = claims_text_tables(tables)
+    return to_markdown(texts) if format == "md" else to_latex(texts)
+
+
+def _check_format(format: str) -> None:
     if format not in ("md", "latex"):
         raise UserError(
             f"--format: unknown format '{format}'{did_you_mean(format, ['md', 'latex'])}; allowed: latex, md"
         )
-    if records.empty or "status" not in records:
-        return "No records found.\n"
-    tables = text_tables(records, selection, references, baseline)
-    body = to_markdown(tables) if format == "md" else to_latex(tables)
-    return body + _not_counted(records, format)
+
+
+def _check_selection(selection: str) -> None:
+    if selection not in SELECTIONS:
+        raise UserError(
+            f"--selection: unknown selection '{selection}'{did_you_mean(selection, SELECTIONS)}; "
+            f"allowed: {allowed_list(SELECTIONS)}"
+        )
 
 
 def _table_records(records: pd.DataFrame, key: tuple) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from qatbench.records import CURVE, RECORD
+from qatbench.report.parents import with_parent_differences
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +17,8 @@ log = logging.getLogger(__name__)
 def load_records(results: str | Path = "results") -> pd.DataFrame:
     """One row per record.json under `results` (any depth), every status; `run_dir` added.
 
-    Unreadable records are reported in the log and skipped; they never stop a report.
+    Unreadable records are reported in the log and skipped; they never stop a report. A QAT run's
+    sharpness minus its FP parent's is added as `hessian.trace_minus_parent` (and `..._top_eigenvalue_...`).
     """
     rows = []
     for path in sorted(Path(results).rglob(RECORD)):
@@ -30,7 +32,7 @@ def load_records(results: str | Path = "results") -> pd.DataFrame:
             continue
         record["run_dir"] = str(path.parent)
         rows.append(record)
-    return pd.DataFrame(rows)
+    return with_parent_differences(pd.DataFrame(rows))
 
 
 def load_curves(records: pd.DataFrame) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Writes the golden results folder: synthetic run records in qatbench's real on-disk format
 (record.json + curve.jsonl per run), with every case a report must explain: full cells, a failed
-run, a diverged run, a cell that was never run, Hessian metrics, two bit widths and FP rows.
+run, a diverged run, a cell that was never run, Hessian metrics, two bit widths and FP rows; each QAT
+run names its FP parent (`erm`, same seed and test domain) as the runner does.
 
     python -m tests.golden.make_records     # rewrites tests/golden/results (then re-run the golden test
                                             # with QATBENCH_REGENERATE_GOLDEN=1 and review the diff)
@@ -81,6 +82,8 @@ def write(results: Path = RESULTS) -> None:
                     "error": error,
                     "curve_file": "curve.jsonl",
                     "finished_at": f"2026-11-22T10:{seed:02d}:{env:02d}+00:00",
+                    # QAT from the FP run of the same seed and test domain (protocol from_fp_run)
+                    "parent_run_id": None if bits == "FP" else _run_id("erm", "FP", env, seed),
                 }
                 if status == "done":
                     final = curve[-1]
