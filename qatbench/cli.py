@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False) or bool(os.environ.get("QATBENCH_QUIET"))
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="qatbench: %(message)s")
+    logging.getLogger("qatbench.integrity").setLevel(logging.WARNING)  # damaged files: said even when quiet
     try:
         return args.command(args)
     except UserError as exc:

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+# Damaged or refused files (records, checkpoints, curves, caches): said even in quiet mode, which
+# hides only progress and advice (the CLI keeps this logger at WARNING).
+integrity = logging.getLogger("qatbench.integrity")
 
 RECORD = "record.json"  # written last and atomically: a folder without one never finished
 CURVE = "curve.jsonl"  # one line per evaluation
@@ -29,10 +32,10 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        log.warning("unreadable record %s (%s): the run counts as unfinished", path, exc)
+        integrity.warning("unreadable record %s (%s): the run counts as unfinished", path, exc)
         return None
     if not isinstance(record, dict):
-        log.warning("record %s is not a JSON object: the run counts as unfinished", path)
+        integrity.warning("record %s is not a JSON object: the run counts as unfinished", path)
         return None
     return record
 
