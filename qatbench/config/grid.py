@@ -294,6 +294,7 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         eval_batch_size=suite.training.eval_batch_size,
                         compile=suite.training.compile,
                         checkpoint_every=suite.training.checkpoint_every,
+                        threads=suite.training.threads,
                         analysis=suite.analysis,
                         suite=suite.name,
                     )

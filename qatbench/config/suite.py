@@ -130,6 +130,12 @@ class TrainingConfig(_Strict):
     # a resumable checkpoint every N steps (0: none); a killed run resumes from its last one with
     # exactly the numbers of an uninterrupted run, so it never enters the run id
     checkpoint_every: int = Field(default=500, ge=0)
+    # torch intra-op threads of every run, whatever launches it (`run`, `--workers`, Slurm): the
+    # thread count changes float sums, so a launcher that chose it would change the numbers of a run
+    # id. 1 (a project choice, no paper's): the count every launcher can give each worker without
+    # oversubscribing (a 2-thread LSQ run took 53 s beside other processes on 2 cores, 8 s with 1);
+    # a sweep's parallelism is its runs (`--workers`, Slurm tasks). Not in the run id; in the record.
+    threads: int = Field(default=1, ge=1)
 
 
 class QuantConfig(_Strict):

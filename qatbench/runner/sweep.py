@@ -16,6 +16,7 @@ from qatbench.models import build_model
 from qatbench.quant import quantize_model
 from qatbench.runner import store
 from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
+from qatbench.runner.threads import intra_op_threads
 from qatbench.runner.train import analyze_after, now, run_one
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def run_specs(
                 continue
             if store.is_finished(folder):  # checked under the lock: another process may just have finished it
                 record = store.read_record(folder)
-                record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+                with intra_op_threads(spec.threads):
+                    record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
                 summary.records.append(record)
                 summary.reused += 1
                 continue

@@ -39,6 +39,7 @@ from qatbench.quant import calibrate, quantize_model
 from qatbench.runner import resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
 from qatbench.runner.evaluate import evaluate
+from qatbench.runner.threads import intra_op_threads
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ def run_one(
     spec: RunSpec, results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
 ) -> dict[str, Any]:
     """Train and evaluate one run; write and return its record (whatever its status)."""
+    with intra_op_threads(spec.threads):  # the same numbers under every launcher
+        return _run_one(spec, results, data_root=data_root, device=device, progress=progress)
+
+
+def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: str, progress: bool) -> dict[str, Any]:
     folder = store.run_dir(results, spec.suite, spec.run_id)
     folder.mkdir(parents=True, exist_ok=True)
     store.beat(folder, 0, spec.steps)
@@ -148,6 +154,7 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "parent_run_id": spec.parent.run_id if spec.parent else None,
             "checkpoint": {"path": spec.checkpoint, "sha256": spec.hparams.get("sha256")} if spec.checkpoint else {},
             "curve_file": store.CURVE,
+            "threads": spec.threads,
             "versions": {
                 "qatbench": qatbench.__version__,
                 "torch": torch.__version__,
