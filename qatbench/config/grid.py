@@ -295,6 +295,7 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         compile=suite.training.compile,
                         checkpoint_every=suite.training.checkpoint_every,
                         threads=suite.training.threads,
+                        diverge_factor=suite.training.diverge_factor,
                         analysis=suite.analysis,
                         suite=suite.name,
                     )

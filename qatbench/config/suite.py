@@ -136,6 +136,9 @@ class TrainingConfig(_Strict):
     # oversubscribing (a 2-thread LSQ run took 53 s beside other processes on 2 cores, 8 s with 1);
     # a sweep's parallelism is its runs (`--workers`, Slurm tasks). Not in the run id; in the record.
     threads: int = Field(default=1, ge=1)
+    # a run whose smoothed loss rises over this factor x its start is `diverged` (0: only a NaN/inf
+    # loss is): fastai's and Lightning's lr finders stop at 4 x; see runner/divergence.py
+    diverge_factor: float = Field(default=4.0, ge=0, allow_inf_nan=False)
 
 
 class QuantConfig(_Strict):

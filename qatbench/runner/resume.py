@@ -57,7 +57,15 @@ def _versions() -> dict[str, str]:
     return {"qatbench": str(qatbench.__version__), "torch": str(torch.__version__)}  # TorchVersion: a class
 
 
-def save(folder: Path, step: int, model: torch.nn.Module, method: Any, step_times: list[float], run_id: str) -> None:
+def save(
+    folder: Path,
+    step: int,
+    model: torch.nn.Module,
+    method: Any,
+    step_times: list[float],
+    run_id: str,
+    divergence: dict[str, Any] | None = None,
+) -> None:
     """Checkpoint after `step` updates, checksum and payload in one atomic write."""
     state = {
         "run_id": run_id,
@@ -67,6 +75,7 @@ def save(folder: Path, step: int, model: torch.nn.Module, method: Any, step_time
         "method": snapshot(method, model),
         "rng": rng_state(),
         "step_times": list(step_times),
+        "divergence": divergence or {},  # the divergence monitor's running average
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)

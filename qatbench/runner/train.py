@@ -5,7 +5,8 @@
     -> model.pt, curve.jsonl, record.json (last)
 
 A run that raises is recorded as `failed` with its error (traceback in error.log); a run whose
-loss stops being finite is recorded as `diverged`. Either way the sweep goes on.
+loss stops being finite or rises far above its start is recorded as `diverged`
+(runner/divergence.py). Either way the sweep goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -38,14 +38,11 @@ from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
 from qatbench.runner import resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
+from qatbench.runner.divergence import Diverged, DivergenceMonitor
 from qatbench.runner.evaluate import evaluate
 from qatbench.runner.threads import intra_op_threads
 
 log = logging.getLogger(__name__)
-
-
-class Diverged(Exception):
-    """The training loss became NaN or infinite."""
 
 
 class CheckpointUnusable(Exception):
@@ -86,7 +83,7 @@ def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: st
         record.update(trained)
         record["status"] = "done"
     except Diverged as exc:
-        record.update(status="diverged", error=str(exc))
+        record.update(status="diverged", error=str(exc), diverged_step=exc.step, diverged_loss=exc.loss)
     except Exception as exc:  # noqa: BLE001  (a run's failure is data, not a crash)
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0] + _hint(exc))
         (folder / store.ERROR_LOG).write_text(traceback.format_exc())
@@ -155,6 +152,7 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "checkpoint": {"path": spec.checkpoint, "sha256": spec.hparams.get("sha256")} if spec.checkpoint else {},
             "curve_file": store.CURVE,
             "threads": spec.threads,
+            "diverge_factor": spec.diverge_factor,
             "versions": {
                 "qatbench": qatbench.__version__,
                 "torch": torch.__version__,
@@ -224,12 +222,14 @@ def _train(
         model, dataset.num_classes, spec.hparams, teacher=teacher, quant=spec.quant, total_steps=spec.steps
     )
     start = 0
+    monitor = DivergenceMonitor(spec.diverge_factor, dataset.num_classes)
     if checkpoint is not None:  # weights and method state now; the data is replayed, then the RNG set
         try:
             resume.apply(checkpoint, model, method)
         except Exception as exc:  # noqa: BLE001
             raise CheckpointUnusable(f"{type(exc).__name__}: {exc}") from exc
         start = int(checkpoint["step"])
+        monitor.load_state_dict(checkpoint.get("divergence") or {})
         for it in iterators:
             for _ in range(start):
                 next(it)
@@ -266,8 +266,7 @@ def _train(
             else:
                 losses = method.update(minibatches)
             step_times.append(time.perf_counter() - t0)
-            if not all(math.isfinite(v) for v in losses.values()):
-                raise Diverged(f"loss became {losses} at step {step}")
+            monitor.update(step, losses)
             bar.update(1)
             if time.monotonic() - last_beat > store.HEARTBEAT_S:
                 store.beat(folder, step, spec.steps)
@@ -277,7 +276,7 @@ def _train(
                 shown = {k: last_eval.get(k) for k in ("id_acc", "ood_acc")}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
             if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
-                resume.save(folder, step, method.model, method, step_times, spec.run_id)
+                resume.save(folder, step, method.model, method, step_times, spec.run_id, monitor.state_dict())
     float_metrics = {}
     if post_training:
         float_metrics = {f"float.{k}": v for k, v in last_eval.items() if k.endswith("_acc")}
