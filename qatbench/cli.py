@@ -12,9 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from qatbench.errors import UserError
+from qatbench.errors import UserError, allowed_list, did_you_mean, excerpt
 
 EXIT_USER_ERROR = 2
+MAX_ERROR_CHARS = 2000  # the longest error line: a message names a bad value, it never prints it whole
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("qatbench.integrity").setLevel(logging.WARNING)  # damaged files: said even when quiet
     try:
         return args.command(args)
-    except UserError as exc:
-        print(f"qatbench: error: {exc}", file=sys.stderr)
+    except UserError as exc:  # one line, and bounded whatever value it quotes
+        print(f"qatbench: error: {excerpt(exc, MAX_ERROR_CHARS)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `qatbench ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -263,6 +264,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         args.references, leaderboard.repo_root(results) if args.leaderboard or args.check else None
     )
     records = report.load_records(results)
+    labels = set(records["label"].dropna().astype(str)) if "label" in records else set()
+    if args.baseline and labels and args.baseline not in labels:
+        hint = did_you_mean(args.baseline, labels)
+        raise UserError(
+            f"--baseline: no method labelled '{excerpt(args.baseline)}' in {results}{hint}; "
+            f"allowed: {excerpt(allowed_list(labels), 500)}"
+        )
 
     def render(records, fmt):
         return report.render(records, fmt, args.selection, references=references, baseline=args.baseline)
