@@ -233,10 +233,17 @@ def _suite_specs(args: argparse.Namespace):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from qatbench.runner.status import suite_status
+    from qatbench.runner.status import damaged_parents, suite_status
+    from qatbench.runner.store import MODEL, run_dir
 
     suite, specs = _suite_specs(args)
     print(suite_status(specs, Path(args.results)).line(suite.name))
+    for parent, problem in damaged_parents(specs, Path(args.results)):
+        folder = run_dir(Path(args.results), parent.suite, parent.run_id)
+        print(
+            f"damaged: parent run {parent.run_id} ({parent.label}): {folder / MODEL} ({problem}); "
+            f"retrain it: rm -r {folder} && qatbench run {args.suite} --results {args.results}"
+        )
     return 0
 
 

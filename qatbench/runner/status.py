@@ -87,6 +87,20 @@ def clean_incomplete(specs: list[RunSpec], results: Path) -> tuple[list[Path], l
     return removed, resumable
 
 
+def damaged_parents(specs: list[RunSpec], results: Path) -> list[tuple[RunSpec, str]]:
+    """Finished full-precision parents whose model.pt no QAT child can load, with the reason: their
+    record says done, so no sweep retrains them until their folder is removed."""
+    parents = {spec.parent.run_id: spec.parent for spec in specs if spec.parent is not None}
+    damaged = []
+    for parent in parents.values():
+        folder = store.run_dir(results, parent.suite, parent.run_id)
+        if store.state(folder) == "done":
+            problem = store.model_problem(folder)
+            if problem is not None:
+                damaged.append((parent, problem))
+    return damaged
+
+
 def _steps_done(folder: Path) -> int:
     """The step a running run last reported in its heartbeat."""
     try:

@@ -11,6 +11,7 @@ loss stops being finite or rises far above its start is recorded as `diverged`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -86,15 +87,32 @@ def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: st
         record.update(status="diverged", error=str(exc), diverged_step=exc.step, diverged_loss=exc.loss)
     except Exception as exc:  # noqa: BLE001  (a run's failure is data, not a crash)
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0] + _hint(exc))
-        (folder / store.ERROR_LOG).write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):  # a full disk: the record below says what failed
+            (folder / store.ERROR_LOG).write_text(traceback.format_exc())
         log.warning("run %s failed: %s", spec.run_id, record["error"])
     record["wall_time_s"] = round(time.time() - started, 3)
     record["finished_at"] = now()
-    record = store.flatten(record)
-    store.write_json(folder / store.RECORD, record)
+    record = _write_record(folder, store.flatten(record))
     if record["status"] in store.FINISHED:
         resume.discard(folder)
     return analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+
+
+def _write_record(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write the record; when the disk refuses it (full), the run is `failed` with that reason, in a
+    record if that still fits, else in the sweep's summary only: a run that could not be kept is run
+    again next time, and the sweep goes on."""
+    try:
+        store.write_json(folder / store.RECORD, record)
+        return record
+    except OSError as exc:
+        record = {**record, "status": "failed", "error": f"cannot write {store.RECORD}: {exc.strerror or exc}"}
+        log.warning("run %s failed: %s", record["run_id"], record["error"])
+    try:
+        store.write_json(folder / store.RECORD, record)
+    except OSError:
+        pass  # nothing more fits: the summary still counts the run as failed
+    return record
 
 
 OOM_HINT = " (hint: out of memory; lower training.batch_size or training.eval_batch_size, or use a larger device)"
@@ -414,6 +432,9 @@ def _parent_weights(parent: RunSpec, results: Path) -> dict[str, torch.Tensor]:
     if record is None or record.get("status") != "done":
         state = "missing" if record is None else f"{record.get('status')}: {record.get('error', '')}"
         raise RuntimeError(f"full-precision parent run {parent.run_id} is {state}")
+    problem = store.model_problem(folder)
+    if problem is not None:  # `qatbench status` lists it as damaged, with the command that retrains it
+        raise RuntimeError(f"full-precision parent run {parent.run_id}: {folder / store.MODEL} is damaged ({problem})")
     return torch.load(folder / store.MODEL, map_location="cpu", weights_only=True)
 
 
