@@ -248,10 +248,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from qatbench.runner.status import clean_incomplete
+    from qatbench.runner.status import clean_incomplete, clean_temporary
 
     suite, specs = _suite_specs(args)
     removed, resumable = clean_incomplete(specs, Path(args.results))
+    leftovers = clean_temporary(specs, Path(args.results))
+    if leftovers:
+        print(f"{len(leftovers)} temporary file(s) of interrupted writes removed")
     for folder in removed:
         print(f"removed {folder}")
     print(f"{len(removed)} dead partial run(s) of suite '{suite.name}' removed")

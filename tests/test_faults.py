@@ -94,3 +94,35 @@ def test_curve_lines_that_are_not_evaluations_are_skipped_and_counted(tmp_path, 
         curves = load_curves(load_records(tmp_path / "results"))
     assert curves["step"].tolist() == [1, 3] and curves["id_acc"].tolist() == [0.5, 0.75]
     assert "run run-a: 4 line(s) of" in caplog.text and "skipped" in caplog.text
+
+
+def test_clean_removes_what_a_kill_left_mid_write_and_quiet_still_reports_damage(tmp_path):
+    suite, results = write_suite(tmp_path, SUITE), tmp_path / "results"
+    done = _run(suite, results, only=["erm"])["erm"]
+    folder = store.run_dir(results, "faults", done["run_id"])
+    leftovers = [folder / ".record.json.k1x.tmp", folder / ".model.pt.k2y.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a write")
+    lsq = [s for s in api.expand(api.load_suite(suite)) if s.label == "lsq"][0]
+    dead = store.run_dir(results, "faults", lsq.run_id)
+    dead.mkdir(parents=True)
+    (dead / store.RECORD).write_text('{"run_id": "cut sh')  # a damaged record: reported though quiet
+    out = subprocess.run(
+        [sys.executable, "-m", "qatbench.cli", "clean", str(suite), "--incomplete", "--results", str(results)],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "QATBENCH_QUIET": "1"},
+    )
+    assert out.returncode == 0 and "2 temporary file(s) of interrupted writes removed" in out.stdout
+    assert not any(path.exists() for path in leftovers) and store.is_finished(folder)
+    assert f"unreadable record {dead / store.RECORD}" in out.stderr
+
+
+def test_records_and_models_are_written_with_the_users_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        records.write_json(tmp_path / store.RECORD, {"status": "done"})
+        assert (tmp_path / store.RECORD).stat().st_mode & 0o777 == 0o644
+        os.umask(0o007)
+        records.atomic_write_bytes(tmp_path / store.MODEL, b"x")
+        assert (tmp_path / store.MODEL).stat().st_mode & 0o777 == 0o660
+    finally:
+        os.umask(previous)
