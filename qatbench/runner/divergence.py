@@ -60,4 +60,4 @@ class DivergenceMonitor:
         return dict(self.state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = dict(state)
+        self.state = {**self.state, **state}  # a checkpoint without it: the monitor starts afresh
