@@ -78,3 +78,14 @@ def test_a_killed_workers_sweep_finished_by_a_plain_run_has_the_uninterrupted_nu
     for run_id, record in theirs.items():
         ours[run_id].pop("resumed_from_step", None)
         assert ours[run_id] == record
+
+
+@pytest.mark.slow
+def test_slurm_array_tasks_and_a_plain_run_write_the_same_numbers(tmp_path):
+    suite = write_suite(tmp_path, SUITE + "slurm: {cluster: local, tasks: 2, cpus_per_task: 1, gpus_per_task: 0}\n")
+    plain = run_cli("run", str(suite), "--results", str(tmp_path / "plain"))
+    slurm = run_cli("run", str(suite), "--results", str(tmp_path / "slurm"), "--launcher", "slurm")
+    assert plain.returncode == 0 and slurm.returncode == 0, plain.stderr + slurm.stderr
+    assert "trained by 2 workers" in slurm.stdout  # submitit's local executor ran the array's two tasks
+    ours, theirs = numbers(tmp_path / "slurm"), numbers(tmp_path / "plain")
+    assert len(ours) == 2 and ours == theirs
