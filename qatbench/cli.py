@@ -12,9 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from qatbench.errors import UserError
+from qatbench.errors import UserError, allowed_list, did_you_mean, excerpt
 
 EXIT_USER_ERROR = 2
+MAX_ERROR_CHARS = 2000  # the longest error line: a message names a bad value, it never prints it whole
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False) or bool(os.environ.get("QATBENCH_QUIET"))
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="qatbench: %(message)s")
+    logging.getLogger("qatbench.integrity").setLevel(logging.WARNING)  # damaged files: said even when quiet
     try:
         return args.command(args)
-    except UserError as exc:
-        print(f"qatbench: error: {exc}", file=sys.stderr)
+    except UserError as exc:  # one line, and bounded whatever value it quotes
+        print(f"qatbench: error: {excerpt(exc, MAX_ERROR_CHARS)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `qatbench ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -236,18 +238,28 @@ def _suite_specs(args: argparse.Namespace):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from qatbench.runner.status import suite_status
+    from qatbench.runner.status import damaged_parents, suite_status
+    from qatbench.runner.store import MODEL, run_dir
 
     suite, specs = _suite_specs(args)
     print(suite_status(specs, Path(args.results)).line(suite.name))
+    for parent, problem in damaged_parents(specs, Path(args.results)):
+        folder = run_dir(Path(args.results), parent.suite, parent.run_id)
+        print(
+            f"damaged: parent run {parent.run_id} ({parent.label}): {folder / MODEL} ({problem}); "
+            f"retrain it: rm -r {folder} && qatbench run {args.suite} --results {args.results}"
+        )
     return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from qatbench.runner.status import clean_incomplete
+    from qatbench.runner.status import clean_incomplete, clean_temporary
 
     suite, specs = _suite_specs(args)
     removed, resumable = clean_incomplete(specs, Path(args.results))
+    leftovers = clean_temporary(specs, Path(args.results))
+    if leftovers:
+        print(f"{len(leftovers)} temporary file(s) of interrupted writes removed")
     for folder in removed:
         print(f"removed {folder}")
     print(f"{len(removed)} dead partial run(s) of suite '{suite.name}' removed")
@@ -268,6 +280,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     references = _references(args.references, root)
     claims = _claims(args.references, root, required=args.claims)
     records = report.load_records(results)
+    labels = set(records["label"].dropna().astype(str)) if "label" in records else set()
+    if args.baseline and labels and args.baseline not in labels:
+        hint = did_you_mean(args.baseline, labels)
+        raise UserError(
+            f"--baseline: no method labelled '{excerpt(args.baseline)}' in {results}{hint}; "
+            f"allowed: {excerpt(allowed_list(labels), 500)}"
+        )
 
     def render(records, fmt):
         with_claims = claims if board else None

@@ -23,3 +23,19 @@ def did_you_mean(name: str, allowed: Iterable[str]) -> str:
 
 def allowed_list(allowed: Iterable[str]) -> str:
     return ", ".join(sorted(str(a) for a in allowed))
+
+
+EXCERPT_CHARS = 120  # an error quotes at most this much of a bad value: one line, whatever the input
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """`repr`-like text of a value cut to `limit` characters, on one line (a YAML of nested aliases
+    expands to megabytes: the error names it, it does not print it)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one bounded line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return excerpt(f"{type(exc).__name__}: {lines[0] if lines else ''}", limit)

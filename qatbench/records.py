@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+# Damaged or refused files (records, checkpoints, curves, caches): said even in quiet mode, which
+# hides only progress and advice (the CLI keeps this logger at WARNING).
+integrity = logging.getLogger("qatbench.integrity")
 
 RECORD = "record.json"  # written last and atomically: a folder without one never finished
 CURVE = "curve.jsonl"  # one line per evaluation
@@ -29,10 +32,10 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        log.warning("unreadable record %s (%s): the run counts as unfinished", path, exc)
+        integrity.warning("unreadable record %s (%s): the run counts as unfinished", path, exc)
         return None
     if not isinstance(record, dict):
-        log.warning("record %s is not a JSON object: the run counts as unfinished", path)
+        integrity.warning("record %s is not a JSON object: the run counts as unfinished", path)
         return None
     return record
 
@@ -55,6 +58,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -63,6 +67,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, obj: Any) -> None:

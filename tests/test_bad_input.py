@@ -3,6 +3,8 @@ the file (or --set option), the key path and what is allowed, and exit code 2.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -42,7 +44,7 @@ def _fails_with_one_line(capsys, argv) -> str:
         (
             "training.stpes=3",
             "--set training.stpes: unknown key 'stpes' (did you mean 'steps'?); "
-            "allowed: batch_size, checkpoint_every, compile, eval_batch_size, eval_every, steps",
+            "allowed: batch_size, checkpoint_every, compile, diverge_factor, eval_batch_size, eval_every, steps, threads",
         ),
         ("methods[0].hparams.lrr=0.1", "--set methods[0].hparams.lrr: unknown hparam 'lrr' (did you mean 'lr'?)"),
         ("methods[0].hparams.lr=fast", "--set methods[0].hparams.lr: Input should be a valid number"),
@@ -187,3 +189,79 @@ def test_any_malformed_field_ends_in_one_line_and_exit_2_never_a_traceback(capsy
     else:  # accepted: then it must describe runs that can start
         specs = qatbench.expand(qatbench.load_suite(path, [override]))
         assert specs and all(s.steps >= 0 and s.seed >= 0 and s.test_envs for s in specs)
+
+
+def _laughs(depth: int = 9) -> str:
+    """A few hundred bytes of YAML whose aliases expand to 10**depth items."""
+    lines = ["- &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"- &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, depth)]
+    return "[" + ", ".join(line[2:] for line in lines) + "]"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("seeds=[4294967296]", "--set seeds: Input should be less than or equal to 4294967295 (got 4294967296)"),
+        ("datasets[0].holdout_fraction=0.0001", "holdout_fraction 0.0001 leaves environment '0' of RotatedMNIST"),
+        ("models[0].options.width=-8", "--set models[0].options.width: a model option is a size, a rate or a count"),
+        ("training.diverge_factor=.nan", "--set training.diverge_factor: nan is not a number a suite accepts"),
+        ("methods[0].hparams.lr=-.inf", "--set methods[0].hparams.lr: -inf is not a number a suite accepts"),
+        ("quant.percentile=[1, .nan]", "--set quant.percentile[1]: nan is not a number"),
+        ("name=" + "s" * 300, "--set name: String should have at most 100 characters (got 'sss"),
+        ("methods[0].label=" + "l" * 300, "--set methods[0].label: String should have at most 100 characters"),
+        ("seeds=" + _laughs(), "--set seeds[4]: expands to more than 100,000 values (aliases within aliases?)"),
+    ],
+)
+def test_input_mistakes_are_exit_2_before_any_run(capsys, tiny_suite, tmp_path, override, expected):
+    err = _fails_with_one_line(capsys, ["run", str(tiny_suite), "--results", str(tmp_path / "r"), "--set", override])
+    assert expected in err and len(err) < 400
+    assert not list((tmp_path / "r").rglob("record.json"))  # no run started, none failed
+
+
+def test_a_results_path_that_is_a_file_is_exit_2(capsys, tiny_suite, tmp_path):
+    (tmp_path / "taken").write_text("")
+    err = _fails_with_one_line(capsys, ["run", str(tiny_suite), "--results", str(tmp_path / "taken")])
+    assert f"--results: {tmp_path / 'taken'} is a file, not a folder" in err
+
+
+def test_a_baseline_that_names_no_method_in_the_results_is_exit_2(capsys):
+    golden = str(Path(__file__).parent / "golden" / "results")
+    err = _fails_with_one_line(capsys, ["report", golden, "--baseline", "lsqq"])
+    assert "--baseline: no method labelled 'lsqq' in" in err and "(did you mean 'lsq'?)" in err
+
+
+def test_a_key_given_twice_names_both_lines(capsys, tmp_path):
+    path = write_suite(tmp_path, TINY_SUITE.replace("seeds: [0]\n", "seeds: [0]\nbits: [W8A8]\n"), "twice.yaml")
+    err = _fails_with_one_line(capsys, ["run", str(path), "--dry-run"])
+    lines = TINY_SUITE.splitlines()
+    first = lines.index("bits: [W4A4]") + 1
+    assert f"duplicate key 'bits' at lines {first} and {first + 2}" in err
+
+
+def test_a_700_byte_suite_of_nested_aliases_is_a_short_line(capsys, tmp_path):
+    text = TINY_SUITE.replace("seeds: [0]", "seeds: " + _laughs())
+    assert len(text) < 1200
+    path = write_suite(tmp_path, text, "laughs.yaml")
+    err = _fails_with_one_line(capsys, ["run", str(path), "--dry-run"])
+    assert ": seeds[4]: expands to more than 100,000 values" in err and len(err) < 300
+
+
+_HOSTILE = st.one_of(
+    st.sampled_from([".nan", ".inf", "-.inf", "[0, .nan]", "{lr: .inf}", "1.0e+400", _laughs(6), _laughs(9)]),
+    st.integers(2**32, 2**200).map(str),  # beyond any seed, count or size
+    st.text(alphabet="abc_", min_size=101, max_size=5000),  # names past the file system's
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(_KEYS + ["methods[0].label"]), text=_HOSTILE)
+def test_hostile_values_end_in_one_bounded_line(capsys, tmp_path, key, text):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(TINY_SUITE)
+    code = main(["run", str(path), "--dry-run", "--set", f"{key}={text}"])
+    err = capsys.readouterr().err.strip()
+    non_finite = "nan" in text or "inf" in text or text == "1.0e+400" or "&l5" in text
+    assert code == 2 if non_finite else code in (0, 2)
+    if code == 2:
+        assert len(err.splitlines()) == 1 and err.startswith("qatbench: error: ")
+        assert len(err) <= 2100  # the message names the value; it never prints 5,000 characters of it

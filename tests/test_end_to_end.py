@@ -138,7 +138,9 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path, m
     for record in _records(tmp_path / "results"):
         by_model.setdefault((record["model"], record["method"]), record)
     assert by_model[("small_cnn", "erm")]["status"] == "diverged"
-    assert "loss became" in by_model[("small_cnn", "erm")]["error"]
+    exploded = by_model[("small_cnn", "erm")]
+    assert "loss became" in exploded["error"] or "diverge_factor" in exploded["error"]
+    assert exploded["diverged_step"] >= 1
     assert by_model[("small_cnn", "lsq")]["status"] == "failed"
     assert (
         "parent run" in by_model[("small_cnn", "lsq")]["error"]

@@ -16,7 +16,7 @@ from qatbench.config.catalog import Catalog
 from qatbench.config.checkpoints import check_architecture, checkpoint_files, checkpoint_quant, file_sha256
 from qatbench.config.spec import OBSERVERS, QUANTIZERS, SWITCHES, QuantSpec, RunSpec, parse_bits
 from qatbench.config.suite import DatasetEntry, MethodEntry, Suite
-from qatbench.errors import UserError, allowed_list, did_you_mean
+from qatbench.errors import UserError, allowed_list, did_you_mean, excerpt
 
 Blame = Callable[[Sequence[str | int]], str]
 
@@ -189,7 +189,9 @@ def resolve_options(
                 value = TypeAdapter(annotation).validate_python(value)
             except ValidationError:
                 expected = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-                raise UserError(f"{blame(key)}: expected {expected}, got {value!r}") from None
+                raise UserError(f"{blame(key)}: expected {expected}, got {excerpt(repr(value))}") from None
+        if kind == "model" and isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise UserError(f"{blame(key)}: a model option is a size, a rate or a count, never negative; got {value}")
         resolved[key] = value
     for key, parameter in parameters.items():
         if key not in resolved and parameter.default is not inspect.Parameter.empty:
@@ -294,6 +296,8 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         eval_batch_size=suite.training.eval_batch_size,
                         compile=suite.training.compile,
                         checkpoint_every=suite.training.checkpoint_every,
+                        threads=suite.training.threads,
+                        diverge_factor=suite.training.diverge_factor,
                         analysis=suite.analysis,
                         suite=suite.name,
                     )

@@ -143,6 +143,8 @@ class RunSpec:
     eval_batch_size: int = field(default=256, compare=False)
     compile: bool | str = field(default="auto", compare=False)  # torch.compile: True, False or "auto"
     checkpoint_every: int = field(default=0, compare=False)  # resumable checkpoints (0: none)
+    threads: int = field(default=1, compare=False)  # torch intra-op threads, set by the run itself
+    diverge_factor: float = field(default=4.0, compare=False)  # loss rise that makes a run `diverged`
     analysis: AnalysisConfig | None = field(default=None, compare=False)  # what to measure once trained
     checkpoint: str | None = field(
         default=None, compare=False

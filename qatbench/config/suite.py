@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from qatbench.config import yaml_input
 from qatbench.config.analysis import AnalysisConfig
 from qatbench.config.spec import (
     A_INITS,
@@ -27,7 +28,7 @@ from qatbench.config.spec import (
     QUANTIZERS,
     parse_bits,
 )
-from qatbench.errors import UserError, allowed_list, did_you_mean
+from qatbench.errors import UserError, allowed_list, did_you_mean, excerpt
 
 
 def _check_bits(text: str) -> str:
@@ -41,7 +42,10 @@ Bits = Annotated[str, AfterValidator(_check_bits)]  # "W4A4": 4-bit weights, 4-b
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+NAME_CHARS = 100  # suite names and labels: folder and file names, well inside the 255 bytes of NAME_MAX
 
 
 def _name_only(value: Any) -> Any:
@@ -64,7 +68,7 @@ class QuantOverrides(_Strict):
 
 class MethodEntry(_Strict):
     name: str
-    label: str | None = None  # row name in reports; defaults to the method name
+    label: str | None = Field(default=None, min_length=1, max_length=NAME_CHARS)  # row name in reports
     hparams: dict[str, Any] = Field(default_factory=dict)
     steps: int | None = Field(default=None, ge=0)  # overrides training.steps for this method
     quant: QuantOverrides = Field(default_factory=QuantOverrides)  # overrides the suite's quant section
@@ -94,7 +98,7 @@ def _check_test_envs(value: Any) -> Any:
     )
 
 
-SEED = Annotated[int, Field(ge=0, strict=True)]  # numpy and torch take seeds in [0, 2**32)
+SEED = Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)]  # numpy and torch take seeds in [0, 2**32)
 
 
 class DatasetEntry(_Strict):
@@ -130,6 +134,15 @@ class TrainingConfig(_Strict):
     # a resumable checkpoint every N steps (0: none); a killed run resumes from its last one with
     # exactly the numbers of an uninterrupted run, so it never enters the run id
     checkpoint_every: int = Field(default=500, ge=0)
+    # torch intra-op threads of every run, whatever launches it (`run`, `--workers`, Slurm): the
+    # thread count changes float sums, so a launcher that chose it would change the numbers of a run
+    # id. 1 (a project choice, no paper's): the count every launcher can give each worker without
+    # oversubscribing (a 2-thread LSQ run took 53 s beside other processes on 2 cores, 8 s with 1);
+    # a sweep's parallelism is its runs (`--workers`, Slurm tasks). Not in the run id; in the record.
+    threads: int = Field(default=1, ge=1)
+    # a run whose smoothed loss rises over this factor x its start is `diverged` (0: only a NaN/inf
+    # loss is): fastai's and Lightning's lr finders stop at 4 x; see runner/divergence.py
+    diverge_factor: float = Field(default=4.0, ge=0, allow_inf_nan=False)
 
 
 class QuantConfig(_Strict):
@@ -160,7 +173,8 @@ class SlurmConfig(_Strict):
 
 
 class Suite(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under results/
+    # a folder name under results/ (file systems allow 255 bytes; job names and figure files add to it)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=NAME_CHARS)
     description: str = ""
     datasets: list[DatasetEntry] = Field(min_length=1)
     models: list[ModelEntry] = Field(min_length=1)
@@ -191,16 +205,17 @@ def load_suite_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> t
     if not path.is_file():
         raise UserError(f"{path}: suite file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_input.load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise UserError(f"{path}: not valid YAML{where}: {excerpt(problem, 300)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the suite file: {exc}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a suite must be a YAML mapping of keys (name, datasets, models, methods, ...)")
+    yaml_input.check_values(raw, str(path))
     raw.setdefault("name", path.stem)
     touched = set()
     for item in overrides:
@@ -227,9 +242,10 @@ def apply_override(raw: dict[str, Any], item: str) -> str:
         raise UserError(f"--set {item}: expected key=value, e.g. --set training.steps=100")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text)
+        value = yaml_input.load(text)
     except yaml.YAMLError:
         value = text
+    yaml_input.check_values(value, f"--set {excerpt(key, 100)}")
     parts = split_key_path(key.strip())
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
@@ -299,8 +315,8 @@ def explain_validation_error(exc: ValidationError, path, raw: dict[str, Any], to
     if error["type"] == "missing":
         return f"{blame(path, loc, touched)}: required key is missing"
     if error["type"] == "value_error":  # our own validators name the bad value themselves
-        return f"{blame(path, loc, touched)}: {error['msg'].removeprefix('Value error, ')}"
-    return f"{blame(path, loc, touched)}: {error['msg']} (got {error.get('input')!r})"
+        return f"{blame(path, loc, touched)}: {excerpt(error['msg'].removeprefix('Value error, '), 500)}"
+    return f"{blame(path, loc, touched)}: {error['msg']} (got {excerpt(repr(error.get('input')))})"
 
 
 def _allowed_keys(loc: Sequence[str | int]) -> list[str]:

@@ -27,7 +27,7 @@ from qatbench.data import transforms
 from qatbench.data.base import DomainDataset
 from qatbench.data.registry import DATASETS
 from qatbench.data.tensors import ImageTensors
-from qatbench.errors import UserError
+from qatbench.errors import UserError, excerpt, first_line
 
 CORRUPTIONS = (  # the 15 of the benchmark; the .npy set adds 4 held-out ones (see EXTRA_CORRUPTIONS)
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
@@ -177,12 +177,37 @@ def cifar100c(
     return cifar(root, 100, corruptions, severities)
 
 
+# The only globals a CIFAR batch refers to: numpy arrays rebuilt from their bytes. The official
+# batches are Python 2 pickles (protocol 2: `_reconstruct`, `ndarray`, `dtype`); a batch written again
+# by Python 3 also uses `_codecs.encode` (bytes under protocol 2) or `_frombuffer` (protocol 5).
+# Anything else (os.system, builtins.eval, ...) in a file under a data root is refused, never called.
+CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits dicts, lists, bytes, str, numbers and numpy arrays: what the official batches hold."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_GLOBALS:
+            refused = f"{excerpt(module, 60)}.{excerpt(name, 60)}"
+            raise pickle.UnpicklingError(f"refers to {refused}, which a CIFAR batch never does: refused")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _CifarUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path}: not a CIFAR python pickle ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path}: not a CIFAR python pickle ({first_line(exc)})") from None
     if not isinstance(batch, dict):
         raise UserError(f"{path}: not a CIFAR python pickle (holds a {type(batch).__name__}, not a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}

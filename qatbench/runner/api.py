@@ -42,6 +42,18 @@ def select(specs: list[RunSpec], suite: Suite, only: Sequence[str]) -> list[RunS
     return [spec for spec in specs if spec.label in only]
 
 
+def check_results_folder(folder: Path) -> None:
+    """Runs can write under `folder`: a file in its place, or a folder this user cannot write, is
+    the user's mistake, told before any run (not a `failed` record per run, which could not be written)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--results: {existing} is a file, not a folder; name a folder for the results")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--results: {existing} is not writable by this user; name a folder you can write")
+
+
 def run(
     suite: Suite | str | os.PathLike,
     results: str | os.PathLike = "results",
@@ -58,6 +70,7 @@ def run(
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     root = resolve_data_root(data_root, suite.data_root)
+    check_results_folder(Path(results) / suite.name)
     resolve_device(device)  # a bad --device is the user's mistake, not a failure of every run
     specs = select(config.expand(suite, CATALOG), suite, only)
     if launcher == "slurm":

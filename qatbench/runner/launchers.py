@@ -38,11 +38,10 @@ def worker_device(device: str, worker: int) -> str:
 
 def _work(args: tuple) -> tuple[int, int]:
     """One worker: the sweep loop over the shared plan; returns (runs it trained, runs it reused)."""
-    specs, results, data_root, device, threads, since = args
+    specs, results, data_root, device, since = args  # each run sets its own thread count
     if device.startswith("cuda:"):  # this worker's GPU only: no context on the others
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
         device = "cuda"
-    torch.set_num_threads(threads)
     summary = run_specs(specs, results, data_root=data_root, device=device, progress=False, checked=True, since=since)
     return summary.trained, summary.reused
 
@@ -60,9 +59,8 @@ def run_local(
     if workers <= 1:
         return run_specs(specs, results, data_root=data_root, device=device, progress=progress)
     planned, finished_before = _prepare(specs, results, data_root)
-    threads = max(1, (os.cpu_count() or 1) // workers)
     since = now()
-    jobs = [(planned, results, data_root, worker_device(device, k), threads, since) for k in range(workers)]
+    jobs = [(planned, results, data_root, worker_device(device, k), since) for k in range(workers)]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         try:
@@ -107,7 +105,7 @@ def submit_slurm(
     device = "cuda" if config.gpus_per_task and config.cluster != "local" and device == "auto" else device
     since = now()
     jobs = executor.map_array(
-        _work, [(planned, Path(results), data_root, device, config.cpus_per_task, since) for _ in range(config.tasks)]
+        _work, [(planned, Path(results), data_root, device, since) for _ in range(config.tasks)]
     )
     if config.cluster != "local":
         return jobs, None

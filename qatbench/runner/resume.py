@@ -4,14 +4,20 @@ versions that wrote it), written atomically in one file, so no crash can leave a
 checksum that disagree. A checkpoint that does not match its checksum (a disk that filled up, a copy
 cut short), belongs to another run or version, or cannot be applied, is reported, removed, and the
 run starts over instead of failing; the finished run removes it.
+
+The payload holds tensors and plain data only (numpy's RNG state travels as a tensor), and is read
+with `torch.load(weights_only=True)`, whose unpickler admits nothing else: the SHA-256 line is a
+checksum, not a signature, so a crafted checkpoint in a shared results folder must not be able to
+run code. Such a file is refused like a corrupt one, in `run` and in `clean --incomplete`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import logging
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +25,47 @@ import numpy as np
 import torch
 
 import qatbench
+from qatbench.errors import excerpt, first_line
 from qatbench.methods.state import restore, snapshot
+from qatbench.records import integrity
 from qatbench.runner import store
 
 RESUME = "resume.pt"
 
-log = logging.getLogger(__name__)
-
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as tensors and plain containers (what `weights_only=True` reads back)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _versions() -> dict[str, str]:
-    return {"qatbench": qatbench.__version__, "torch": torch.__version__}
+    return {"qatbench": str(qatbench.__version__), "torch": str(torch.__version__)}  # TorchVersion: a class
 
 
-def save(folder: Path, step: int, model: torch.nn.Module, method: Any, step_times: list[float], run_id: str) -> None:
+def save(
+    folder: Path,
+    step: int,
+    model: torch.nn.Module,
+    method: Any,
+    step_times: list[float],
+    run_id: str,
+    divergence: dict[str, Any] | None = None,
+) -> None:
     """Checkpoint after `step` updates, checksum and payload in one atomic write."""
     state = {
         "run_id": run_id,
@@ -56,6 +75,7 @@ def save(folder: Path, step: int, model: torch.nn.Module, method: Any, step_time
         "method": snapshot(method, model),
         "rng": rng_state(),
         "step_times": list(step_times),
+        "divergence": divergence or {},  # the divergence monitor's running average
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -68,14 +88,21 @@ def _read(folder: Path) -> dict[str, Any]:
     digest, _, payload = data.partition(b"\n")
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise ValueError("its SHA-256 does not match its content")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's message runs over many lines; name what it refused
+        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        what = refused.group(1) if refused else first_line(exc)
+        raise ValueError(f"it holds more than tensors and plain data ({excerpt(what, 100)}), refused") from None
 
 
 def valid(folder: Path) -> bool:
     """Whether the folder holds a checkpoint that reads back whole (for `clean`, which keeps those)."""
+    path = Path(folder) / RESUME
     try:
-        return (Path(folder) / RESUME).is_file() and isinstance(_read(folder), dict)
-    except Exception:  # noqa: BLE001
+        return path.is_file() and isinstance(_read(folder), dict)
+    except Exception as exc:  # noqa: BLE001
+        integrity.warning("unusable checkpoint %s (%s)", path, excerpt(exc, 300))
         return False
 
 
@@ -90,7 +117,7 @@ def load(folder: Path, run_id: str) -> dict[str, Any] | None:
             raise ValueError(f"written by run {state.get('run_id')} with {state.get('versions')}")
         return state
     except Exception as exc:  # noqa: BLE001  (whatever is wrong with it, the run starts over)
-        log.warning("unusable checkpoint %s (%s): removed; the run starts over", path, exc)
+        integrity.warning("unusable checkpoint %s (%s): removed; the run starts over", path, excerpt(exc, 300))
         discard(folder)
         return None
 

@@ -87,6 +87,38 @@ def clean_incomplete(specs: list[RunSpec], results: Path) -> tuple[list[Path], l
     return removed, resumable
 
 
+def clean_temporary(specs: list[RunSpec], results: Path) -> list[Path]:
+    """Remove the temporary files a kill left mid-write (`.record.json.*.tmp`, `.model.pt.*.tmp`, any
+    `.<name>.*.tmp` of an atomic write) from every run folder nobody is working on, finished or not."""
+    removed = []
+    for spec in specs:
+        folder = store.run_dir(results, spec.suite, spec.run_id)
+        if not folder.is_dir() or not any(folder.rglob(".*.tmp")):
+            continue
+        with store.claim(folder) as mine:  # a live writer's temporary file is not a leftover
+            if not mine:
+                continue
+            for path in folder.rglob(".*.tmp"):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
+
+
+def damaged_parents(specs: list[RunSpec], results: Path) -> list[tuple[RunSpec, str]]:
+    """Finished full-precision parents whose model.pt no QAT child can load, with the reason: their
+    record says done, so no sweep retrains them until their folder is removed."""
+    parents = {spec.parent.run_id: spec.parent for spec in specs if spec.parent is not None}
+    damaged = []
+    for parent in parents.values():
+        folder = store.run_dir(results, parent.suite, parent.run_id)
+        if store.state(folder) == "done":
+            problem = store.model_problem(folder)
+            if problem is not None:
+                damaged.append((parent, problem))
+    return damaged
+
+
 def _steps_done(folder: Path) -> int:
     """The step a running run last reported in its heartbeat."""
     try:

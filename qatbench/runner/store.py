@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from qatbench.errors import UserError
+from qatbench.errors import UserError, first_line
 from qatbench.records import (
     CURVE,
     ERROR_LOG,
@@ -33,6 +33,7 @@ from qatbench.records import (
     RECORD,
     atomic_write_bytes,
     flatten,
+    integrity,
     read_record,
     write_json,
 )
@@ -129,10 +130,27 @@ def is_locked(folder: Path) -> bool:
         return False
 
 
-def beat(folder: Path, step: int, steps: int) -> None:
-    """Refresh the heartbeat: who works on the run, how far it is, when it last said so."""
+def beat(folder: Path, step: int, steps: int) -> bool:
+    """Refresh the heartbeat: who works on the run, how far it is, when it last said so. A heartbeat
+    that cannot be written (a full disk) is said and skipped: it reports on a run, it is not the run;
+    the lock still tells a live run on this machine, and whatever the disk refuses next fails the run."""
     beat_record = {"pid": os.getpid(), "host": socket.gethostname(), "step": step, "steps": steps, "time": time.time()}
-    atomic_write_bytes(Path(folder) / HEARTBEAT, json.dumps(beat_record).encode())
+    try:
+        atomic_write_bytes(Path(folder) / HEARTBEAT, json.dumps(beat_record).encode())
+    except OSError as exc:
+        integrity.warning("cannot write the heartbeat of %s (%s); the run goes on", folder, exc.strerror or exc)
+        return False
+    return True
+
+
+def model_problem(folder: Path) -> str | None:
+    """Why a finished run's model.pt cannot serve as a parent (missing, unreadable), or None."""
+    path = Path(folder) / MODEL
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (a torn zip, a disk error, foreign content: all damage)
+        return first_line(exc)
+    return None if isinstance(state, dict) else f"holds a {type(state).__name__}, not a state_dict"
 
 
 def _heartbeat(folder: Path) -> dict | None:

@@ -16,6 +16,7 @@ from qatbench.models import build_model
 from qatbench.quant import quantize_model
 from qatbench.runner import store
 from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
+from qatbench.runner.threads import intra_op_threads
 from qatbench.runner.train import analyze_after, now, run_one
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,17 @@ class SweepSummary:
 def check_data(specs: list[RunSpec], data_root: Path | None) -> None:
     """Build each dataset the pending runs need once, before any run: a missing folder or a
     wrong layout is the user's input, one line and exit 2, not a failed record per run. (It
-    also fills the image cache, which every run then maps.)"""
-    seen = set()
+    also fills the image cache, which every run then maps.) A holdout fraction that leaves a split
+    empty is told here too, before any run."""
+    seen: dict[tuple, object] = {}
+    split = set()
     for spec in specs:
         key = (spec.dataset, repr(sorted(spec.dataset_options.items())))
         if key not in seen:
-            seen.add(key)
-            build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
+            seen[key] = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
+        if (key, spec.holdout_fraction) not in split:
+            split.add((key, spec.holdout_fraction))
+            split_environments(seen[key], spec.holdout_fraction, spec.data_seed)
 
 
 def check_analysis(specs: list[RunSpec], data_root: Path | None) -> None:
@@ -126,7 +131,8 @@ def run_specs(
                 continue
             if store.is_finished(folder):  # checked under the lock: another process may just have finished it
                 record = store.read_record(folder)
-                record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+                with intra_op_threads(spec.threads):
+                    record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
                 summary.records.append(record)
                 summary.reused += 1
                 continue

@@ -5,15 +5,16 @@
     -> model.pt, curve.jsonl, record.json (last)
 
 A run that raises is recorded as `failed` with its error (traceback in error.log); a run whose
-loss stops being finite is recorded as `diverged`. Either way the sweep goes on.
+loss stops being finite or rises far above its start is recorded as `diverged`
+(runner/divergence.py). Either way the sweep goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -38,13 +39,11 @@ from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
 from qatbench.runner import resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
+from qatbench.runner.divergence import Diverged, DivergenceMonitor
 from qatbench.runner.evaluate import evaluate
+from qatbench.runner.threads import intra_op_threads
 
 log = logging.getLogger(__name__)
-
-
-class Diverged(Exception):
-    """The training loss became NaN or infinite."""
 
 
 class CheckpointUnusable(Exception):
@@ -55,6 +54,11 @@ def run_one(
     spec: RunSpec, results: Path, *, data_root: Path | None = None, device: str = "auto", progress: bool = True
 ) -> dict[str, Any]:
     """Train and evaluate one run; write and return its record (whatever its status)."""
+    with intra_op_threads(spec.threads):  # the same numbers under every launcher
+        return _run_one(spec, results, data_root=data_root, device=device, progress=progress)
+
+
+def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: str, progress: bool) -> dict[str, Any]:
     folder = store.run_dir(results, spec.suite, spec.run_id)
     folder.mkdir(parents=True, exist_ok=True)
     store.beat(folder, 0, spec.steps)
@@ -80,18 +84,35 @@ def run_one(
         record.update(trained)
         record["status"] = "done"
     except Diverged as exc:
-        record.update(status="diverged", error=str(exc))
+        record.update(status="diverged", error=str(exc), diverged_step=exc.step, diverged_loss=exc.loss)
     except Exception as exc:  # noqa: BLE001  (a run's failure is data, not a crash)
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0] + _hint(exc))
-        (folder / store.ERROR_LOG).write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):  # a full disk: the record below says what failed
+            (folder / store.ERROR_LOG).write_text(traceback.format_exc())
         log.warning("run %s failed: %s", spec.run_id, record["error"])
     record["wall_time_s"] = round(time.time() - started, 3)
     record["finished_at"] = now()
-    record = store.flatten(record)
-    store.write_json(folder / store.RECORD, record)
+    record = _write_record(folder, store.flatten(record))
     if record["status"] in store.FINISHED:
         resume.discard(folder)
     return analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+
+
+def _write_record(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write the record; when the disk refuses it (full), the run is `failed` with that reason, in a
+    record if that still fits, else in the sweep's summary only: a run that could not be kept is run
+    again next time, and the sweep goes on."""
+    try:
+        store.write_json(folder / store.RECORD, record)
+        return record
+    except OSError as exc:
+        record = {**record, "status": "failed", "error": f"cannot write {store.RECORD}: {exc.strerror or exc}"}
+        log.warning("run %s failed: %s", record["run_id"], record["error"])
+    try:
+        store.write_json(folder / store.RECORD, record)
+    except OSError:
+        pass  # nothing more fits: the summary still counts the run as failed
+    return record
 
 
 OOM_HINT = " (hint: out of memory; lower training.batch_size or training.eval_batch_size, or use a larger device)"
@@ -148,6 +169,8 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "parent_run_id": spec.parent.run_id if spec.parent else None,
             "checkpoint": {"path": spec.checkpoint, "sha256": spec.hparams.get("sha256")} if spec.checkpoint else {},
             "curve_file": store.CURVE,
+            "threads": spec.threads,
+            "diverge_factor": spec.diverge_factor,
             "versions": {
                 "qatbench": qatbench.__version__,
                 "torch": torch.__version__,
@@ -217,12 +240,14 @@ def _train(
         model, dataset.num_classes, spec.hparams, teacher=teacher, quant=spec.quant, total_steps=spec.steps
     )
     start = 0
+    monitor = DivergenceMonitor(spec.diverge_factor, dataset.num_classes)
     if checkpoint is not None:  # weights and method state now; the data is replayed, then the RNG set
         try:
             resume.apply(checkpoint, model, method)
         except Exception as exc:  # noqa: BLE001
             raise CheckpointUnusable(f"{type(exc).__name__}: {exc}") from exc
         start = int(checkpoint["step"])
+        monitor.load_state_dict(checkpoint.get("divergence") or {})
         for it in iterators:
             for _ in range(start):
                 next(it)
@@ -259,8 +284,7 @@ def _train(
             else:
                 losses = method.update(minibatches)
             step_times.append(time.perf_counter() - t0)
-            if not all(math.isfinite(v) for v in losses.values()):
-                raise Diverged(f"loss became {losses} at step {step}")
+            monitor.update(step, losses)
             bar.update(1)
             if time.monotonic() - last_beat > store.HEARTBEAT_S:
                 store.beat(folder, step, spec.steps)
@@ -270,7 +294,7 @@ def _train(
                 shown = {k: last_eval.get(k) for k in ("id_acc", "ood_acc")}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
             if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
-                resume.save(folder, step, method.model, method, step_times, spec.run_id)
+                resume.save(folder, step, method.model, method, step_times, spec.run_id, monitor.state_dict())
     float_metrics = {}
     if post_training:
         float_metrics = {f"float.{k}": v for k, v in last_eval.items() if k.endswith("_acc")}
@@ -408,6 +432,9 @@ def _parent_weights(parent: RunSpec, results: Path) -> dict[str, torch.Tensor]:
     if record is None or record.get("status") != "done":
         state = "missing" if record is None else f"{record.get('status')}: {record.get('error', '')}"
         raise RuntimeError(f"full-precision parent run {parent.run_id} is {state}")
+    problem = store.model_problem(folder)
+    if problem is not None:  # `qatbench status` lists it as damaged, with the command that retrains it
+        raise RuntimeError(f"full-precision parent run {parent.run_id}: {folder / store.MODEL} is damaged ({problem})")
     return torch.load(folder / store.MODEL, map_location="cpu", weights_only=True)
 
 
