@@ -15,6 +15,8 @@ from pathlib import PurePath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from qatbench.config.protocol import Protocol
+
 if TYPE_CHECKING:
     from qatbench.config.analysis import AnalysisConfig
 
@@ -137,6 +139,7 @@ class RunSpec:
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     model_options: Mapping[str, Any] = field(default_factory=dict)
     parent: RunSpec | None = None
+    protocol: Protocol = field(default_factory=Protocol)  # how quantization meets training (config/protocol.py)
     # not semantic: where and how it is shown, never part of the id
     suite: str = field(default="", compare=False)
     label: str = field(default="", compare=False)
@@ -171,8 +174,11 @@ class RunSpec:
         return self.quant.label if self.quant else "FP"
 
     def semantic(self) -> dict[str, Any]:
-        """The fields that define the experiment, as plain JSON-able values."""
+        """The fields that define the experiment, as plain JSON-able values (the protocol only
+        when it is not the default, so runs finished before protocols existed keep their ids)."""
+        protocol = self.protocol.identity()
         return {
+            **({"protocol": protocol} if protocol is not None else {}),
             "method": self.method,
             "hparams": dict(self.hparams),
             "dataset": self.dataset,
