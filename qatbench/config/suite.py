@@ -71,6 +71,7 @@ class QuantOverrides(_Strict):
     a_init: Literal[A_INITS] | None = None  # type: ignore[valid-type]
     calib_images: int | None = Field(default=None, ge=0)
     percentile: float | None = Field(default=None, gt=50, le=100)
+    depthwise_per_channel: bool | None = None
 
 
 class MethodEntry(_Strict):
@@ -155,6 +156,7 @@ class QuantConfig(_Strict):
     a_init: Literal[A_INITS] = "batch"  # type: ignore[valid-type]
     calib_images: int = Field(default=0, ge=0)  # 0: one training minibatch per domain; N: N unaugmented images
     percentile: float = Field(default=DEFAULT_PERCENTILE, gt=50, le=100)  # the `percentile` observer's p
+    depthwise_per_channel: bool = False  # depthwise convs: one weight step per channel (QuantSpec)
 
 
 class SlurmConfig(_Strict):

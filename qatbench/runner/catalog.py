@@ -7,7 +7,7 @@ import inspect
 from qatbench.config import MethodKind
 from qatbench.data import DATASETS
 from qatbench.methods import METHODS
-from qatbench.models import MODELS
+from qatbench.models import MODELS, option_parameters
 
 
 class RegistryCatalog:
@@ -47,7 +47,7 @@ class RegistryCatalog:
 
     def option_parameters(self, kind: str, name: str) -> list[inspect.Parameter]:
         # factories take (root, data_seed, **options) and (input_shape, num_classes, **options)
-        return (DATASETS if kind == "dataset" else MODELS).parameters(name, 2)
+        return DATASETS.parameters(name, 2) if kind == "dataset" else option_parameters(name)
 
 
 CATALOG = RegistryCatalog()
