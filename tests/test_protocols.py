@@ -204,3 +204,15 @@ def test_a_killed_switch_at_run_resumes_to_the_uninterrupted_numbers(tmp_path, m
     assert _curve(tmp_path / "resumed", again) == _curve(tmp_path / "straight", straight)
     folders = [d / "proto" / straight["run_id"] for d in (tmp_path / "resumed", tmp_path / "straight")]
     assert _same(*(torch.load(f / store.MODEL, weights_only=False) for f in folders))  # bit for bit
+
+
+def test_the_lite0_suites_run_each_protocol_once_per_domain_and_seed():
+    for name, runs in (("pacs_lite0_full", 48), ("pacs64_lite0", 48)):
+        specs = api.expand(api.load_suite(ROOT / "suites" / f"{name}.yaml"))
+        assert len(specs) == runs, name
+        labels = {s.label: s for s in specs if s.seed == 0 and s.test_envs == (3,)}
+        assert labels["lsq"].parent.run_id == labels["erm"].run_id
+        assert labels["lsq_from_pretrained"].parent is None
+        switch = next(s for label, s in labels.items() if label.startswith("lsq_switch_at"))
+        assert switch.parent is None and switch.protocol.fp_hparams == dict(labels["erm"].hparams)
+        assert {s.quant.depthwise_per_channel for s in specs if s.quant} == {True}
