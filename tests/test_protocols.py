@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qatbench.config import QuantSpec, RunSpec
+from qatbench.config import RunSpec
 from qatbench.config.protocol import Protocol
 from qatbench.methods import METHODS
 from qatbench.models import build_model
@@ -20,6 +20,7 @@ from qatbench.quant import QuantConv2d, QuantLinear, step_parameters
 from qatbench.runner import api, protocols, store
 from qatbench.runner.sweep import plan
 from tests.conftest import ROOT, run_cli, write_suite
+from tests.test_config import _spec as config_spec
 
 SUITE = """\
 name: proto
@@ -66,20 +67,7 @@ def test_from_pretrained_quantizes_the_model_as_built_with_no_parent_run(tmp_pat
 
 def _spec(switch_at: int) -> RunSpec:
     fp = {"optimizer": "adam", "lr": 5e-5, "weight_decay": 0.0, "momentum": 0.9, "schedule": "constant"}
-    return RunSpec(
-        method="lsq",
-        dataset="RotatedMNIST",
-        test_envs=(0,),
-        model="small_cnn",
-        seed=0,
-        steps=10,
-        batch_size=4,
-        eval_every=5,
-        data_seed=0,
-        holdout_fraction=0.2,
-        quant=QuantSpec(4, 4),
-        protocol=Protocol("switch_at", switch_at, fp_method="erm", fp_hparams=fp),
-    )
+    return config_spec(protocol=Protocol("switch_at", switch_at, fp_method="erm", fp_hparams=fp))
 
 
 def test_switch_calibrates_step_sizes_on_the_weights_it_has_and_gives_them_a_fresh_optimizer():
