@@ -202,7 +202,7 @@ def test_options_left_at_their_default_and_written_out_give_the_same_run(tmp_pat
     implicit = qatbench.expand(qatbench.load_suite(ROOT / "suites" / "quickstart.yaml"))
     explicit = qatbench.expand(qatbench.load_suite(ROOT / "suites" / "quickstart.yaml", ["models[0].options.width=16"]))
     assert [s.run_id for s in implicit] == [s.run_id for s in explicit]
-    assert dict(implicit[0].model_options) == {"width": 16}
+    assert dict(implicit[0].model_options) == {"width": 16, "freeze_bn": False}  # every model takes freeze_bn
 
 
 def test_a_pretrained_file_enters_the_run_id_by_its_name_not_its_folder():

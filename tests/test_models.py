@@ -32,6 +32,8 @@ def _n_params(model: nn.Module) -> int:
         ("resnet18", (3, 64, 64), 7),
         ("resnet18", (2, 28, 28), 2),
         ("resnet50", (3, 64, 64), 5),
+        ("efficientnet_lite0", (3, 64, 64), 7),
+        ("efficientnet_lite2", (1, 48, 40), 3),
         *[
             (name, shape, classes)
             for name in ("resnet18_cifar", "resnet50_cifar", "mobilenetv2_cifar")
@@ -50,6 +52,7 @@ def test_model_maps_a_batch_to_one_logit_per_class(name, input_shape, num_classe
 
 def test_every_registered_model_is_covered_here():
     assert MODELS.names() == [
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",  # tests/test_efficientnet_lite.py
         "mobilenetv2_cifar", "resnet18", "resnet18_cifar", "resnet20", "resnet50", "resnet50_cifar", "small_cnn"
     ]  # fmt: skip
 

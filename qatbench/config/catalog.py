@@ -31,6 +31,10 @@ class Catalog(Protocol):
         """The quantizers the method can train (None: any)."""
         ...
 
+    def method_protocols(self, name: str) -> tuple[str, ...]:
+        """The protocols (config/protocol.py) the method can train under (empty: it takes none)."""
+        ...
+
     def method_hparams(self, name: str) -> type:
         """The frozen dataclass of the method's hyperparameters (defaults = paper values)."""
         ...

@@ -15,6 +15,8 @@ from pathlib import PurePath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from qatbench.config.protocol import Protocol
+
 if TYPE_CHECKING:
     from qatbench.config.analysis import AnalysisConfig
 
@@ -44,6 +46,12 @@ class QuantSpec:
     size per tensor, symmetric signed weights, first and last layers at 8 bits, gradient scale
     counted per layer, activation steps initialised from the first batch. The other values are
     the conventions of the papers that disagree with LSQ (shared/papers.md 9.1).
+
+    Layer policy (quant/convert.py): every Conv2d and Linear is quantized, weights and input. The
+    first is the stem conv (its input is the image) and the last the classifier; `first_last`
+    applies to those two only. EfficientNet's 1x1 head conv (320 -> 1280 channels) is an interior
+    layer at the spec's bits, as LSQ quantizes every layer but the first and last; BN, ReLU6,
+    pooling and residual additions stay in float.
     """
 
     w_bits: int
@@ -56,6 +64,11 @@ class QuantSpec:
     a_init: str = "batch"  # LSQ: 2 mean|x| / sqrt(Q_P) on the first batch; "one": 1.0 (lsq-net fork)
     calib_images: int = 0  # 0: ranges from a training minibatch per domain; N: N seeded unaugmented images (FPQ: 100)
     percentile: float = DEFAULT_PERCENTILE  # `percentile` observer: activation range [100 - p, p] percentiles
+    # depthwise convs (MobileNet, EfficientNet): one weight step per channel even when w_per_channel
+    # is false. Per-tensor ranges fail there: one 3x3 filter per channel, ranges differing by orders
+    # of magnitude (Krishnamoorthi 2018, arXiv:1806.08342, Sec. 3.1 and Table 2; Nagel et al. 2021,
+    # arXiv:2106.08295, Sec. 2.4). Default false: networks without depthwise convs are unchanged.
+    depthwise_per_channel: bool = False
 
     def __post_init__(self):
         for name in ("w_bits", "a_bits"):
@@ -109,12 +122,17 @@ def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
+LATE_MODEL_OPTIONS = {"freeze_bn": False}  # options every model gained after runs were finished: their defaults
+
+
 def _without_folders(options: Mapping[str, Any]) -> dict[str, Any]:
     """A weights file named by path enters the id by its file name only: moving a folder must
-    not orphan finished runs (torchvision's file names carry a hash of their content)."""
+    not orphan finished runs (torchvision's file names carry a hash of their content). An option
+    every model gained later enters only when it is not its default, so finished runs keep their ids."""
     return {
         key: (PurePath(value).name if key == "pretrained" and isinstance(value, str) else value)
         for key, value in options.items()
+        if not (key in LATE_MODEL_OPTIONS and value == LATE_MODEL_OPTIONS[key])
     }
 
 
@@ -137,6 +155,7 @@ class RunSpec:
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     model_options: Mapping[str, Any] = field(default_factory=dict)
     parent: RunSpec | None = None
+    protocol: Protocol = field(default_factory=Protocol)  # how quantization meets training (config/protocol.py)
     # not semantic: where and how it is shown, never part of the id
     suite: str = field(default="", compare=False)
     label: str = field(default="", compare=False)
@@ -173,8 +192,11 @@ class RunSpec:
         return self.quant.label if self.quant else "FP"
 
     def semantic(self) -> dict[str, Any]:
-        """The fields that define the experiment, as plain JSON-able values."""
+        """The fields that define the experiment, as plain JSON-able values (the protocol only
+        when it is not the default, so runs finished before protocols existed keep their ids)."""
+        protocol = self.protocol.identity()
         return {
+            **({"protocol": protocol} if protocol is not None else {}),
             "method": self.method,
             "hparams": dict(self.hparams),
             "dataset": self.dataset,

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from qatbench.config import yaml_input
 from qatbench.config.analysis import AnalysisConfig
+from qatbench.config.protocol import parse_protocol
 from qatbench.config.spec import (
     A_INITS,
     DEFAULT_PERCENTILE,
@@ -53,6 +54,16 @@ def _name_only(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
+def _check_protocol(value: Any) -> Any:
+    if value is not None:
+        parse_protocol(value)
+    return value
+
+
+# 'from_fp_run' | 'from_pretrained' | {switch_at: N}: how quantization meets training (config/protocol.py)
+ProtocolSetting = Annotated[Any, BeforeValidator(_check_protocol)]
+
+
 class QuantOverrides(_Strict):
     """Per-method changes to the suite's `quant` section (to compare LSQ's switches, say)."""
 
@@ -64,6 +75,7 @@ class QuantOverrides(_Strict):
     a_init: Literal[A_INITS] | None = None  # type: ignore[valid-type]
     calib_images: int | None = Field(default=None, ge=0)
     percentile: float | None = Field(default=None, gt=50, le=100)
+    depthwise_per_channel: bool | None = None
 
 
 class MethodEntry(_Strict):
@@ -72,6 +84,7 @@ class MethodEntry(_Strict):
     hparams: dict[str, Any] = Field(default_factory=dict)
     steps: int | None = Field(default=None, ge=0)  # overrides training.steps for this method
     quant: QuantOverrides = Field(default_factory=QuantOverrides)  # overrides the suite's quant section
+    protocol: ProtocolSetting = None  # QAT methods: overrides the suite's `protocol`
     # method `checkpoint` only: a model trained elsewhere, evaluated (and analysed) like a run. One
     # file, or one per seed of the suite; a qatbench model.pt brings its QuantSpec in its record.json
     checkpoint: str | list[str] | None = None
@@ -156,6 +169,7 @@ class QuantConfig(_Strict):
     a_init: Literal[A_INITS] = "batch"  # type: ignore[valid-type]
     calib_images: int = Field(default=0, ge=0)  # 0: one training minibatch per domain; N: N unaugmented images
     percentile: float = Field(default=DEFAULT_PERCENTILE, gt=50, le=100)  # the `percentile` observer's p
+    depthwise_per_channel: bool = False  # depthwise convs: one weight step per channel (QuantSpec)
 
 
 class SlurmConfig(_Strict):
@@ -185,6 +199,9 @@ class Suite(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     # the full-precision run a QAT method starts from; default: the suite's `erm` entry
     parent: MethodEntry | None = None
+    # how QAT entries meet training (config/protocol.py); None: from_fp_run. PTQ entries always
+    # quantize their FP parent after training, whatever this says
+    protocol: ProtocolSetting = None
     data_root: str | None = None
     analysis: AnalysisConfig | None = None  # sharpness analyses of every finished run
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)  # resources of `--launcher slurm`

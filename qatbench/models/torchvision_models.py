@@ -31,11 +31,12 @@ def pretrained_path(name: str, pretrained: bool | str | os.PathLike) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(name: str, path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """A weights file as a state_dict of tensors (never executing code); `fix` says how to get one."""
     if not path.is_file():
         raise UserError(
             f"model '{name}': pretrained weights not found at {path}; qatbench never downloads: "
-            f"fetch {_WEIGHTS[name].url} into that folder (or set pretrained: /path/to/file.pth)"
+            f"{fix} (or set pretrained: /path/to/file.pth)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -54,7 +55,7 @@ def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
 def _load_pretrained(model: nn.Module, name: str, pretrained: bool | str | os.PathLike) -> None:
     """Every backbone tensor must come from the file; only a replaced stem or classifier may not."""
     path = pretrained_path(name, pretrained)
-    state = _read_state_dict(name, path)
+    state = read_state_dict(name, path, f"fetch {_WEIGHTS[name].url} into that folder")
     own = model.state_dict()
     replaced = tuple(
         prefix

@@ -11,7 +11,7 @@ from torch import nn
 from qatbench.config.spec import QuantSpec
 from qatbench.quant.base import FakeQuantizer
 from qatbench.quant.dorefa import DorefaQuantizer
-from qatbench.quant.layers import QuantConv2d, QuantLinear
+from qatbench.quant.layers import QuantConv2d, QuantLinear, is_depthwise
 from qatbench.quant.lsq import LsqQuantizer
 from qatbench.quant.lsq_plus import LsqPlusQuantizer
 from qatbench.quant.observer import ObserverQuantizer
@@ -24,21 +24,31 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
     """A copy of `model` whose Conv2d and Linear layers fake-quantize weights and inputs.
 
     The first and the last of those layers (in registration order: the stem and the
-    classifier of every torchvision-style network) follow `spec.first_last`: 8 bits (LSQ),
-    float ("fp"), or the spec's bits ("same"). The float model is left untouched.
+    classifier of every torchvision-style network and of EfficientNet) follow `spec.first_last`:
+    8 bits (LSQ), float ("fp"), or the spec's bits ("same"); every layer between them, an
+    EfficientNet's 1x1 `conv_head` included, takes the spec's bits. Depthwise convolutions get
+    one weight step per channel when `spec.depthwise_per_channel` says so. The float model is
+    left untouched.
     """
     quantized = copy.deepcopy(model)
     for name, (w_bits, a_bits) in layer_bits(quantized, spec).items():
         layer = quantized.get_submodule(name)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        w_quant, a_quant = make_quantizers(spec, w_bits, a_bits, channels=layer.weight.shape[0])
+        per_channel = spec.w_per_channel or (spec.depthwise_per_channel and is_depthwise(layer))
+        w_quant, a_quant = make_quantizers(
+            spec, w_bits, a_bits, channels=layer.weight.shape[0], per_channel=per_channel
+        )
         _replace(quantized, name, cls.from_float(layer, w_quant, a_quant))
     return quantized
 
 
 def layer_bits(model: nn.Module, spec: QuantSpec) -> dict[str, tuple[int, int]]:
     """(weight bits, input bits) of every layer `quantize_model` quantizes, by module name."""
-    names = [name for name, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    names = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and not isinstance(m, QuantConv2d | QuantLinear)
+    ]
     edges = {names[0], names[-1]} if names else set()
     bits = {}
     for name in names:
@@ -49,9 +59,12 @@ def layer_bits(model: nn.Module, spec: QuantSpec) -> dict[str, tuple[int, int]]:
     return bits
 
 
-def make_quantizers(spec: QuantSpec, w_bits: int, a_bits: int, channels: int) -> tuple[FakeQuantizer, FakeQuantizer]:
-    """The weight and input quantizers of one layer, as `spec.quantizer` pairs them."""
-    per_channel = spec.w_per_channel
+def make_quantizers(
+    spec: QuantSpec, w_bits: int, a_bits: int, channels: int, per_channel: bool | None = None
+) -> tuple[FakeQuantizer, FakeQuantizer]:
+    """The weight and input quantizers of one layer, as `spec.quantizer` pairs them (`per_channel`:
+    None takes `spec.w_per_channel`)."""
+    per_channel = spec.w_per_channel if per_channel is None else per_channel
     if spec.observed:
         w_quant = ObserverQuantizer(
             w_bits, "weight", per_channel=per_channel, channels=channels, symmetric=spec.w_symmetric

@@ -7,7 +7,7 @@ import inspect
 from qatbench.config import MethodKind
 from qatbench.data import DATASETS
 from qatbench.methods import METHODS
-from qatbench.models import MODELS
+from qatbench.models import MODELS, option_parameters
 
 
 class RegistryCatalog:
@@ -25,6 +25,9 @@ class RegistryCatalog:
 
     def method_quantizers(self, name: str) -> tuple[str, ...] | None:
         return METHODS.get(name).quantizers_allowed
+
+    def method_protocols(self, name: str) -> tuple[str, ...]:
+        return METHODS.get(name).protocols()
 
     def method_hparams(self, name: str) -> type:
         return METHODS.get(name).HParams
@@ -44,7 +47,7 @@ class RegistryCatalog:
 
     def option_parameters(self, kind: str, name: str) -> list[inspect.Parameter]:
         # factories take (root, data_seed, **options) and (input_shape, num_classes, **options)
-        return (DATASETS if kind == "dataset" else MODELS).parameters(name, 2)
+        return DATASETS.parameters(name, 2) if kind == "dataset" else option_parameters(name)
 
 
 CATALOG = RegistryCatalog()

@@ -61,19 +61,23 @@ class SweepSummary:
 
 
 def check_data(specs: list[RunSpec], data_root: Path | None) -> None:
-    """Build each dataset the pending runs need once, before any run: a missing folder or a
-    wrong layout is the user's input, one line and exit 2, not a failed record per run. (It
-    also fills the image cache, which every run then maps.) A holdout fraction that leaves a split
-    empty is told here too, before any run."""
-    seen: dict[tuple, object] = {}
-    split = set()
+    """Build each dataset the pending runs need once, and each model on it, before any run: a
+    missing folder, a wrong layout, a holdout fraction that leaves a split empty, a missing
+    weights package or an image size the model cannot take is the user's input, one line and
+    exit 2, not a failed record per run. (It also fills the image cache, which every run then maps.)"""
+    datasets, models, split = {}, set(), set()
     for spec in specs:
         key = (spec.dataset, repr(sorted(spec.dataset_options.items())))
-        if key not in seen:
-            seen[key] = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
+        if key not in datasets:
+            datasets[key] = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
+        dataset = datasets[key]
         if (key, spec.holdout_fraction) not in split:
             split.add((key, spec.holdout_fraction))
-            split_environments(seen[key], spec.holdout_fraction, spec.data_seed)
+            split_environments(dataset, spec.holdout_fraction, spec.data_seed)
+        model_key = (spec.model, repr(sorted(spec.model_options.items())), dataset.input_shape, dataset.num_classes)
+        if model_key not in models:
+            models.add(model_key)
+            build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
 
 
 def check_analysis(specs: list[RunSpec], data_root: Path | None) -> None:
