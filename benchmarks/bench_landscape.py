@@ -260,11 +260,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="evaluation batch size")
     parser.add_argument("--train-steps", type=int, default=300, help="SGD steps of the (cached) ResNet-20")
     parser.add_argument("--quick", action="store_true", help="small CNN, 5x5 grid, 64 images, one round: a smoke test")
+    parser.add_argument("--model", default="resnet20", choices=["resnet20", "small_cnn"], help="--quick: small_cnn")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (1 on a machine others share)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.grid, args.subset, args.batch, args.rounds, args.train_steps = 5, 64, 32, 1, 20
-    name = "small_cnn" if args.quick else "resnet20"
+    name = "small_cnn" if args.quick else args.model
     model, x, y, what = trained_model(name, 256 if args.quick else 4096, args.train_steps)
     batches = [(x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, args.subset, args.batch)]
     rows = []
