@@ -465,9 +465,8 @@ def matched_summary(label: str, result: dict) -> list[str]:
         ratio = f"{p[0] / q[0]:.1f}x products, {p[1] / q[1]:.2f}x time" if p and q else "n/a (a side never met it)"
         describe = lambda b: f"{b[2]}: {b[0]:.0f} products, {b[1]:.1f} s" if b else "never met"  # noqa: E731
         oracle = "; ".join(f"{n} oracle {statistics.median(v):.0f} ({min(v)}-{max(v)})" for n, v in oracles.items())
-        lines.append(
-            f"| {label} | top-{k} to rel. error {target:g} (every seed) | {describe(p)} | {describe(q)} | {ratio} | {oracle} |"
-        )
+        measure = f"top-{k} to rel. error {target:g} (every seed)"
+        lines.append(f"| {label} | {measure} | {describe(p)} | {describe(q)} | {ratio} | {oracle} |")
     return lines
 
 
@@ -485,11 +484,12 @@ def summary_table(trace_rows: dict[str, list[TraceRow]], matched: dict[str, dict
         base = rows[0].runs[0]
         for row in rows[1:]:
             r, z = row.runs[0], row.worst_z(base)
+            products, seconds = row.median("products"), row.median("seconds")
             lines.append(
-                f"| {label} | trace to PyHessian's standard error ({base.probes} probes), {row.name.removeprefix('qatbench ')}"
-                f" | {base.products} products, {base.mean:.0f} +- {base.stderr:.0f}, {base.seconds:.1f} s | "
-                f"{row.median('products'):.0f} products, {r.mean:.0f} +- {r.stderr:.0f}, {row.median('seconds'):.1f} s | "
-                f"{base.products / row.median('products'):.1f}x products, {base.seconds / row.median('seconds'):.2f}x time"
+                f"| {label} | trace to PyHessian's standard error ({base.probes} probes), "
+                f"{row.name.removeprefix('qatbench ')} | {base.products} products, {base.mean:.0f} +- {base.stderr:.0f}, "
+                f"{base.seconds:.1f} s | {products:.0f} products, {r.mean:.0f} +- {r.stderr:.0f}, {seconds:.1f} s | "
+                f"{base.products / products:.1f}x products, {base.seconds / seconds:.2f}x time"
                 f" | max abs z {z:.1f}, {len(row.runs)} runs |"
             )
     for label, result in matched.items():
