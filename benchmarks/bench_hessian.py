@@ -1,27 +1,29 @@
-"""Hessian trace and top eigenvalue by `qatbench.analysis` against PyHessian 0.1 (Yao et al. 2020),
-on the same model, batch and machine, in one process: CIFAR ResNet-20 briefly trained on PACS
-(32 px, 7 classes; cached in benchmarks/.cache/), float and LSQ W4A4, batch 128, 2 threads.
+"""Hessian trace and top eigenvalues by `qatbench.analysis` against PyHessian 0.1 (Yao et al. 2020)
+at matched accuracy, on the same model, batch and machine, in one process: CIFAR ResNet-20 briefly
+trained on PACS (32 px, 7 classes; cached in benchmarks/.cache/), float and LSQ W4A4, 2 threads.
 
-    python benchmarks/bench_hessian.py [--models float w4a4] [--probes 100] [--rounds 5] [--seeds 0 1 2] [--quick]
+    python benchmarks/bench_hessian.py [--models float w4a4] [--batch 128] [--ks 1 5] [--target 1e-4]
+                                       [--probes 100] [--rounds 5] [--seeds 0 1 2] [--skip trace|eigen] [--quick]
 
-Targets (sharpness-analysis issue) and how they are measured:
+The measure is Hessian-vector products and the error against a reference; seconds come second
+(printed last, the sides taking turns so that a shared machine's load hits both alike). A product
+costs the same on both sides (about 1.0x, timed in turn below): fewer products is the speed-up.
 
-1. Trace at the same standard error at least 3x faster. PyHessian's `trace(maxIter=N)` with its
-   stop disabled runs exactly N Rademacher probes; their spread gives its standard error s_P.
-   qatbench's `hessian(model, [batch], HessianConfig(top_k=1, rel_stderr=s_P/|trace|))` (Lanczos
-   for the deflating Ritz pairs, then probes until the standard error is reached; the graph build
-   and every product counted) gives T_Q, the median of several runs, each run following a short
-   chunk of PyHessian probes (timing only) so that a change of the machine's load hits both
-   sides; T_P is PyHessian's constructor plus N times its median seconds per probe. Rows without
+1. Trace to a given standard error. PyHessian's `trace(maxIter=N)` with its stop disabled runs
+   exactly N Rademacher probes; their spread gives its standard error s_P. qatbench's
+   `hessian(model, [batch], HessianConfig(top_k=1, rel_stderr=s_P/|trace|))` (Lanczos for the
+   deflating Ritz pairs, then probes until the standard error is reached; every product counted)
+   runs several times, each after a short chunk of PyHessian probes (timing only). Rows without
    deflation (plain Hutchinson, PyHessian's estimator) and with 3 pairs show where the gain comes
-   from, and one probe of each, timed in turn, the cost of a product. Estimates must agree (z:
-   difference over the combined standard error).
-2. Top eigenvalue to the same tolerance (1e-3) at least 2x faster, and no less accurate: PyHessian's
-   power iteration `eigenvalues(maxIter=100, tol=1e-3, top_n=1)` against `top_eigenvalues(op, 1,
-   tol=1e-3)` (Lanczos, residual-based stop), each including its graph build; errors relative to a
-   long Lanczos run; medians over seeds, the sides taking turns to go first. Two more rows put the
-   sides at about equal accuracy: qatbench at tol 1e-2 (still below PyHessian's error at 1e-3) and
-   PyHessian at tol 1e-5 (about qatbench's error at 1e-3: its residual stop overshoots).
+   from. Estimates must agree (z: difference over the combined standard error).
+2. Top-1 and top-5 eigenvalues to a relative error of 1e-4 against ARPACK (scipy `eigsh` on a
+   `LinearOperator` of the same product, to residual 1e-5). Each side with its own stop at a few
+   settings: qatbench's Lanczos at residual tol 1e-3 and 1e-4 (tol 1e-4 certifies an eigenvalue
+   within 1e-4), PyHessian's power iteration (deflated, for k = 5) at tol 1e-4, 1e-5, 1e-6 (its
+   tol is the change between iterations: no certificate). The summary takes each side's cheapest
+   setting that met the target on every seed. Oracle counts leave the stops aside: the products
+   after which the estimates stay within the target (Lanczos: its top-k Ritz values at every step;
+   PyHessian, k = 1: the Rayleigh quotient of each product's vector).
 
 Products are Hessian-vector products (PyHessian's counted by wrapping its `hessian_vector_product`).
 """
@@ -40,7 +42,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from qatbench.analysis.hessian import rademacher, top_eigenvalues
+from qatbench.analysis.lanczos import lanczos
 from qatbench.analysis.measure import hessian
 from qatbench.analysis.operator import HessianOperator
 from qatbench.analysis.pyhessian_backend import only_weights_trainable
@@ -260,17 +263,18 @@ def bench_trace(model: nn.Module, batch: Batch, probes: int, deflations: list[in
 
 
 def print_trace(label: str, rows: list[TraceRow], per_probe: tuple[float, float]) -> None:
+    """Products and agreement first (the measure), seconds last (a shared machine's noise)."""
     base = rows[0].runs[0]
     print(f"\n{label}: trace at the standard error of {base.probes} PyHessian probes (qatbench: medians over runs; "
           "the estimate of its first run)")  # fmt: skip
-    print(f"{'estimator':28s} {'runs':>4s} {'s':>7s} {'products':>8s} {'probes':>6s} {'trace +- stderr':>18s} "
-          f"{'max |z|':>7s} {'P/Q time':>8s} {'P/Q products':>12s}")  # fmt: skip
+    print(f"{'estimator':28s} {'runs':>4s} {'products':>8s} {'probes':>6s} {'trace +- stderr':>18s} {'max |z|':>7s} "
+          f"{'P/Q products':>12s} {'s':>7s} {'P/Q time':>8s}")  # fmt: skip
     for row in rows:
         mean, stderr = row.runs[0].mean, row.runs[0].stderr
         print(
-            f"{row.name:28s} {len(row.runs):4d} {row.median('seconds'):7.1f} {row.median('products'):8.0f} "
-            f"{row.median('probes'):6.0f} {mean:9.1f} +- {stderr:6.1f} {row.worst_z(base):7.2f} "
-            f"{base.seconds / row.median('seconds'):8.2f} {base.products / row.median('products'):12.2f}"
+            f"{row.name:28s} {len(row.runs):4d} {row.median('products'):8.0f} {row.median('probes'):6.0f} "
+            f"{mean:9.1f} +- {stderr:6.1f} {row.worst_z(base):7.2f} {base.products / row.median('products'):12.2f} "
+            f"{row.median('seconds'):7.1f} {base.seconds / row.median('seconds'):8.2f}"
         )
     p, q = per_probe
     print(f"one probe, timed in turn: PyHessian {p:.3f} s, qatbench {q:.3f} s ({p / q:.2f}x)")
@@ -280,133 +284,216 @@ def print_trace(label: str, rows: list[TraceRow], per_probe: tuple[float, float]
           f"{HessianConfig().rel_stderr} would take it about {needed:.0f} probes)")  # fmt: skip
 
 
-# ---------------------------------------------------------------- 2. top eigenvalue
+# ---------------------------------------------------------------- 2. top-k eigenvalues at matched accuracy
+
+
+def arpack_reference(op: HessianOperator, k: int) -> tuple[np.ndarray, int]:
+    """ARPACK (scipy `eigsh`, implicitly restarted Lanczos) on the same product: the top k to a
+    residual of 1e-5 |theta| (an eigenvalue within 1e-5, typically far closer: r^2 / gap; float32
+    products leave about 1e-7 of noise, which a tighter tol would chase), and its product count."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    before = op.products
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(v).reshape(-1)).to(op.dtype)
+        return op(x).double().numpy()
+
+    operator = LinearOperator((op.dim, op.dim), matvec=matvec, dtype=np.float64)
+    values = eigsh(operator, k=k, which="LA", tol=1e-5, ncv=4 * k + 4, v0=np.ones(op.dim), return_eigenvectors=False)
+    return np.sort(values)[::-1], op.products - before
+
+
+def first_within(history: list[np.ndarray], reference: np.ndarray, target: float) -> int | None:
+    """Products after which every estimate stays within `target` relative error of the reference
+    to the end of the run (None: never)."""
+    inside = [bool(np.all(np.abs(h - reference[: len(h)]) <= target * np.abs(reference[: len(h)]))) for h in history]
+    if not inside or not inside[-1]:
+        return None
+    last_out = max((i for i, ok in enumerate(inside) if not ok), default=-1)
+    return last_out + 2  # history[i] is after i + 1 products
 
 
 @dataclass
 class EigenRun:
-    seconds: float
-    products: int
-    value: float
+    side: str
+    k: int
+    seed: int
+    products: int  # with the side's own stop
+    errors: list[float]  # relative, per eigenvalue, against ARPACK
+    seconds: float  # graph build included
+    oracle: int | None = None  # products to the target error, the stop left aside (None: not measured)
+    values: list[float] = field(default_factory=list)
 
 
-def pyhessian_top(model: nn.Module, batch: Batch, seed: int, tol: float) -> EigenRun:
-    with only_weights_trainable(model):
-        torch.manual_seed(seed)  # its start vector
-        t0 = time.perf_counter()
-        reference = pyhessian_reference(model, batch)
-        with pyhessian_products() as counter:
-            values, _ = reference.eigenvalues(maxIter=100, tol=tol, top_n=1)
-        seconds = time.perf_counter() - t0
-        del reference
-    return EigenRun(seconds, counter["products"], float(values[0]))
-
-
-def qatbench_top(model: nn.Module, batch: Batch, seed: int, tol: float) -> EigenRun:
+def qatbench_eigen(model, batch, k: int, tol: float, seed: int, reference, target: float) -> EigenRun:
     t0 = time.perf_counter()
     op = HessianOperator(model, [batch])
-    eigen = top_eigenvalues(op, 1, tol=tol, seed=seed)
+    eigen = top_eigenvalues(op, k, tol=tol, seed=seed, max_steps=300)
     seconds = time.perf_counter() - t0
     op.release()
-    return EigenRun(seconds, eigen.products, eigen.values[0])
+    errors = [abs(v - r) / abs(r) for v, r in zip(eigen.values[:k], reference)]
+    return EigenRun(f"qatbench Lanczos tol={tol:g}", k, seed, eigen.products, errors, seconds, values=eigen.values[:k])
 
 
-EIGEN_SIDES = {  # name -> (function, tol): the first two are the target's comparison
-    "PyHessian tol=1e-3": (pyhessian_top, 1e-3),
-    "qatbench tol=1e-3": (qatbench_top, 1e-3),
-    "qatbench tol=1e-2": (qatbench_top, 1e-2),  # still more accurate than PyHessian at 1e-3
-    "PyHessian tol=1e-5": (pyhessian_top, 1e-5),  # about as accurate as qatbench at 1e-3
-}
-EIGEN_PAIRS = [  # (PyHessian side, qatbench side, is the target's comparison)
-    ("PyHessian tol=1e-3", "qatbench tol=1e-3", True),
-    ("PyHessian tol=1e-3", "qatbench tol=1e-2", False),
-    ("PyHessian tol=1e-5", "qatbench tol=1e-3", False),
-]
-
-
-def exact_top(model: nn.Module, batch: Batch, seeds: list[int]) -> tuple[float, float, list[int]]:
-    """The reference: Lanczos to a residual of 1e-5 |theta| (eigenvalue error ~ r^2 / gap, far below
-    1e-3; 1e-10 is under float32's floor and would run to max_steps), from each seed. Returns the
-    median value, the relative spread between seeds (the float32 floor) and the products per run."""
+def lanczos_oracle(model, batch, k: int, seed: int, reference, target: float, steps: int = 150) -> int | None:
+    """Products after which Lanczos's top k Ritz values are all within `target` (no stop: every step's Ritz values)."""
     op = HessianOperator(model, [batch])
-    runs = [top_eigenvalues(op, 1, tol=1e-5, max_steps=200, seed=seed) for seed in seeds]
+    start = torch.randn(op.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(op.dtype)
+    history: list[np.ndarray] = []
+
+    def record(tri) -> bool:
+        theta = tri.ritz()[0][:k]
+        history.append(np.pad(theta, (0, k - len(theta)), constant_values=np.nan))
+        # Ritz values only grow towards their eigenvalues as the Krylov space grows (Cauchy
+        # interlacing), so the first step within the target is the last one needed
+        return tri.steps >= k and bool(np.all(np.abs(theta - reference[:k]) <= target * np.abs(reference[:k])))
+
+    tri = lanczos(op, start, steps, converged=record)
     op.release()
-    values = [e.values[0] for e in runs]
-    top = statistics.median(values)
-    return top, (max(values) - min(values)) / abs(top), [e.products for e in runs]
+    if len(history) < tri.steps:
+        record(tri)
+    return first_within(history, reference, target)
 
 
-def bench_eigen(model: nn.Module, batch: Batch, seeds: list[int]) -> dict:
-    exact, floor, exact_products = exact_top(model, batch, seeds[:2])
-    runs: dict[str, list[EigenRun]] = {name: [] for name in EIGEN_SIDES}
-    for i, seed in enumerate(seeds):  # rotate who goes first
-        names = list(EIGEN_SIDES)
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            function, tol = EIGEN_SIDES[name]
-            runs[name].append(function(model, batch, seed, tol))
-    sides = {
-        name: {
-            "seconds": statistics.median(r.seconds for r in rs),
-            "products": statistics.median(r.products for r in rs),
-            "error": statistics.median(abs(r.value - exact) / abs(exact) for r in rs),
-            "runs": rs,
-        }
-        for name, rs in runs.items()
-    }
-    return {"exact": exact, "floor": floor, "exact_products": exact_products, "sides": sides}
+@contextlib.contextmanager
+def pyhessian_rayleigh():
+    """PyHessian's products, each with the Rayleigh quotient v^T H v of its (unit) vector: the
+    eigenvalue estimate of its power iteration at that product."""
+    module = sys.modules["pyhessian.hessian"]
+    original, quotients = module.hessian_vector_product, []
+
+    def recorded(gradsH, params, v):
+        hv = original(gradsH, params, v)
+        quotients.append(float(sum((h * x).sum() for h, x in zip(hv, v))))
+        return hv
+
+    module.hessian_vector_product = recorded
+    try:
+        yield quotients
+    finally:
+        module.hessian_vector_product = original
 
 
-def print_eigen(label: str, result: dict, seeds: list[int]) -> None:
+def pyhessian_eigen(model, batch, k: int, tol: float, seed: int, reference, target: float) -> EigenRun:
+    """PyHessian's (deflated, for k > 1) power iteration with its own stop: the relative change of
+    the estimate between iterations below `tol`. For k = 1 also the oracle: the products after
+    which its Rayleigh quotients stay within `target`."""
+    with only_weights_trainable(model):
+        torch.manual_seed(seed)  # its start vectors
+        t0 = time.perf_counter()
+        reference_object = pyhessian_reference(model, batch)
+        with pyhessian_rayleigh() as quotients:
+            values, _ = reference_object.eigenvalues(maxIter=100, tol=tol, top_n=k)  # its default cap
+        seconds = time.perf_counter() - t0
+        del reference_object
+    errors = [abs(v - r) / abs(r) for v, r in zip(values, reference)]
+    oracle = first_within([np.array([q]) for q in quotients], reference, target) if k == 1 else None
+    # power iteration converges to the largest |eigenvalue|: a negative one can enter its "top k"
+    return EigenRun(f"PyHessian power tol={tol:g}", k, seed, len(quotients), errors, seconds, oracle, list(values))
+
+
+def bench_matched(label: str, model: nn.Module, batch: Batch, ks: list[int], seeds: list[int], target: float) -> dict:
+    """Per k and seed: qatbench (Lanczos at residual tol 1e-3 and 1e-4) and PyHessian (power
+    iteration at tol 1e-4, 1e-5, 1e-6), the sides alternating which goes first; errors against
+    ARPACK. The oracle rows count products to the target error with the stop left aside. Each run
+    is printed as it ends: products and errors first, seconds last."""
+    op = HessianOperator(model, [batch])
+    t0 = time.perf_counter()
+    reference, reference_products = arpack_reference(op, max(ks))
+    op.release()
+    print(f"(ARPACK: {time.perf_counter() - t0:.0f} s)")
     print(
-        f"\n{label}: top eigenvalue; reference {result['exact']:.4f} (Lanczos to residual 1e-5: products "
-        f"{result['exact_products']}, relative spread between seeds {result['floor']:.1e})"
+        f"\n{label}: top eigenvalues against ARPACK {np.array2string(reference, precision=4)} "
+        f"({reference_products} products); target relative error {target:g}"
     )
-    print(f"{'':20s} {'seed':>4s} {'s':>7s} {'products':>8s} {'eigenvalue':>12s} {'rel. error':>10s}")
-    for name, side in result["sides"].items():
-        for seed, run in zip(seeds, side["runs"]):
-            error = abs(run.value - result["exact"]) / abs(result["exact"])
-            print(f"{name:20s} {seed:4d} {run.seconds:7.2f} {run.products:8d} {run.value:12.4f} {error:10.2e}")
-    base = result["sides"]["PyHessian tol=1e-3"]
-    for name, side in result["sides"].items():
+    print(f"{'side':30s} {'k':>2s} {'seed':>4s} {'products':>8s} {'max rel. error':>14s} {'met':>4s} {'oracle':>6s} "
+          f"{'s':>7s}  eigenvalues")  # fmt: skip
+    runs: list[EigenRun] = []
+
+    def done(run: EigenRun) -> None:
+        runs.append(run)
+        worst = max(run.errors) if run.errors else float("nan")
+        met = "-" if not run.errors else ("yes" if worst <= target else "no")
+        oracle = "-" if run.oracle is None else str(run.oracle)
+        values = " ".join(f"{v:.4g}" for v in run.values)
         print(
-            f"median {name:20s} {side['seconds']:6.2f} s {side['products']:4.0f} products, error "
-            f"{side['error']:.1e}; PyHessian / this: {base['seconds'] / side['seconds']:.2f}x"
+            f"{run.side:30s} {run.k:2d} {run.seed:4d} {run.products:8d} {worst:14.1e} {met:>4s} {oracle:>6s} "
+            f"{run.seconds:7.2f}  {values}"
         )
+
+    for k in ks:
+        for i, seed in enumerate(seeds):
+            sides = [
+                lambda: qatbench_eigen(model, batch, k, 1e-3, seed, reference, target),
+                lambda: pyhessian_eigen(model, batch, k, 1e-4, seed, reference, target),
+                lambda: qatbench_eigen(model, batch, k, 1e-4, seed, reference, target),
+                lambda: pyhessian_eigen(model, batch, k, 1e-5, seed, reference, target),
+                lambda: pyhessian_eigen(model, batch, k, 1e-6, seed, reference, target),
+            ]
+            for side in sides[i % 2 :] + sides[: i % 2]:  # who goes first alternates
+                done(side())
+            oracle = lanczos_oracle(model, batch, k, seed, reference, target)
+            done(EigenRun("qatbench Lanczos (oracle)", k, seed, oracle or -1, [], 0.0, oracle))
+    return {"reference": reference, "reference_products": reference_products, "runs": runs, "target": target}
+
+
+def matched_summary(label: str, result: dict) -> list[str]:
+    """Per k: the cheapest setting of each side that met the target on every seed (median products),
+    and the oracle counts (median over seeds)."""
+    target, lines = result["target"], []
+    by: dict[tuple[str, int], list[EigenRun]] = {}
+    for r in result["runs"]:
+        by.setdefault((r.side, r.k), []).append(r)
+    for k in sorted({r.k for r in result["runs"]}):
+        best: dict[str, tuple[float, float, str]] = {}
+        for (side, kk), rs in by.items():
+            if kk != k or not rs[0].errors:
+                continue
+            name = side.split()[0]
+            if all(max(r.errors) <= target for r in rs):
+                products = statistics.median(r.products for r in rs)
+                seconds = statistics.median(r.seconds for r in rs)
+                if name not in best or products < best[name][0]:
+                    best[name] = (products, seconds, side)
+        oracles = {
+            side.split()[0]: [r.oracle for r in rs]
+            for (side, kk), rs in by.items()
+            if kk == k and all(r.oracle is not None for r in rs) and rs
+        }
+        q, p = best.get("qatbench"), best.get("PyHessian")
+        ratio = f"{p[0] / q[0]:.1f}x products, {p[1] / q[1]:.2f}x time" if p and q else "n/a (a side never met it)"
+        describe = lambda b: f"{b[2]}: {b[0]:.0f} products, {b[1]:.1f} s" if b else "never met"  # noqa: E731
+        oracle = "; ".join(f"{n} oracle {statistics.median(v):.0f} ({min(v)}-{max(v)})" for n, v in oracles.items())
+        measure = f"top-{k} to rel. error {target:g} (every seed)"
+        lines.append(f"| {label} | {measure} | {describe(p)} | {describe(q)} | {ratio} | {oracle} |")
+    return lines
 
 
 # ---------------------------------------------------------------- summary
 
 
-def summary_table(trace_rows: dict[str, list[TraceRow]], eigen: dict[str, dict], header: str) -> str:
+def summary_table(trace_rows: dict[str, list[TraceRow]], matched: dict[str, dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| model | measure | PyHessian s (products) | qatbench s (products) | time ratio | target | met |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | measure | PyHessian | qatbench | PyHessian / qatbench | notes |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for label, rows in trace_rows.items():
         base = rows[0].runs[0]
         for row in rows[1:]:
-            ratio, z = base.seconds / row.median("seconds"), row.worst_z(base)
-            met = ("yes" if ratio >= 3 and z < 2 else "no") if "default" in row.name else "-"
-            r = row.runs[0]
+            r, z = row.runs[0], row.worst_z(base)
+            products, seconds = row.median("products"), row.median("seconds")
             lines.append(
-                f"| {label} | trace, {row.name.removeprefix('qatbench ')}: {r.mean:.0f} +- {r.stderr:.0f} vs "
-                f"{base.mean:.0f} +- {base.stderr:.0f} (max abs z {z:.1f}, {len(row.runs)} runs) | {base.seconds:.1f} "
-                f"({base.products}) | {row.median('seconds'):.1f} ({row.median('products'):.0f}) | {ratio:.2f}x | "
-                f"3x | {met} |"
+                f"| {label} | trace to PyHessian's standard error ({base.probes} probes), "
+                f"{row.name.removeprefix('qatbench ')} | {base.products} products, {base.mean:.0f} +- {base.stderr:.0f}, "
+                f"{base.seconds:.1f} s | {products:.0f} products, {r.mean:.0f} +- {r.stderr:.0f}, {seconds:.1f} s | "
+                f"{base.products / products:.1f}x products, {base.seconds / seconds:.2f}x time"
+                f" | max abs z {z:.1f}, {len(row.runs)} runs |"
             )
-    for label, e in eigen.items():
-        for p_name, q_name, target in EIGEN_PAIRS:
-            p, q = e["sides"][p_name], e["sides"][q_name]
-            ratio = p["seconds"] / q["seconds"]
-            met = ("yes" if ratio >= 2 and q["error"] <= p["error"] else "no") if target else "-"
-            lines.append(
-                f"| {label} | top eigenvalue, {q_name.removeprefix('qatbench ')} vs {p_name.removeprefix('PyHessian ')}"
-                f": median rel. error {q['error']:.1e} vs {p['error']:.1e} | {p['seconds']:.2f} "
-                f"({p['products']:.0f}) | {q['seconds']:.2f} ({q['products']:.0f}) | {ratio:.2f}x | "
-                f"{'2x' if target else '-'} | {met} |"
-            )
+    for label, result in matched.items():
+        lines += matched_summary(label, result)
     return "\n".join(lines)
 
 
@@ -417,17 +504,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="chunks of PyHessian's probes; qatbench runs per row")
     parser.add_argument("--deflate", type=int, nargs="+", default=[10, 3, 0], help="qatbench rows: Ritz pairs deflated")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="eigenvalue runs per side")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 5], help="top-k eigenvalues to match")
+    parser.add_argument("--target", type=float, default=1e-4, help="relative eigenvalue error to reach (vs ARPACK)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--train-steps", type=int, default=300, help="SGD steps of the (cached) ResNet-20")
     parser.add_argument("--skip", nargs="*", default=[], choices=["trace", "eigen"])
     parser.add_argument("--quick", action="store_true", help="small CNN, batch 32, 12 probes: a smoke test")
+    parser.add_argument("--model", default="resnet20", choices=["resnet20", "small_cnn"], help="--quick: small_cnn")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (1 on a machine others share)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True")  # PyHessian's
     if args.quick:
-        args.probes, args.rounds, args.seeds, args.batch, args.train_steps = 12, 2, [0], 32, 20
+        args.probes, args.rounds, args.seeds, args.batch, args.train_steps = 12, 2, [0, 1], 32, 20
         args.deflate = [3, 0]
-    name = "small_cnn" if args.quick else "resnet20"
+    name = "small_cnn" if args.quick else args.model
     model, x, y, what = trained_model(name, 256 if args.quick else 4096, args.train_steps)
     batch = (x[: args.batch], y[: args.batch])
     trace_rows, eigen = {}, {}
@@ -439,12 +530,11 @@ def main() -> None:
             trace_rows[label] = bench_trace(chosen, batch, args.probes, args.deflate, args.rounds)
             print_trace(label, trace_rows[label], per_probe)
         if "eigen" not in args.skip:
-            eigen[label] = bench_eigen(chosen, batch, args.seeds)
-            print_eigen(label, eigen[label], args.seeds)
+            eigen[label] = bench_matched(label, chosen, batch, args.ks, args.seeds, args.target)
     header = (
         f"{datetime.date.today()}, {platform.node()} ({torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"qatbench/analysis {source_digest()}); {name} on {what}, batch {args.batch}; trace at the standard error "
-        f"of {args.probes} PyHessian probes ({args.rounds} rounds); eigenvalue medians over seeds {args.seeds}:"
+        f"of {args.probes} PyHessian probes ({args.rounds} rounds); eigenvalues over seeds {args.seeds}:"
     )
     print("\n" + summary_table(trace_rows, eigen, header))
 

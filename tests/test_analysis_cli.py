@@ -50,6 +50,8 @@ def test_run_with_analysis_writes_hessian_and_landscapes_into_every_record(analy
         assert record["hessian.trace_stderr"] > 0 and record["hessian.trace_probes"] >= 10
         assert record["analysis.subset_n"] == 64 and len(record["analysis.subset_hash"]) == 16
         details = json.loads((folder / "hessian.json").read_text())
+        # error bars named for what they are: an eigenvalue within each residual (lanczos.GUARANTEE)
+        assert len(record["hessian.eigen_residuals"]) == 2 and "some eigenvalue" in details["eigen_residuals_bound"]
         layer_sum = sum(mean for mean, _ in details["layer_trace"].values())
         assert layer_sum == pytest.approx(record["hessian.trace"], rel=1e-6)  # per-layer traces add up
         assert np.allclose(np.sum(details["density"]["weights"], axis=1), 1.0)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from qatbench.analysis.lanczos import Tridiagonal, error_bounds, lanczos, top_ritz_converged
+from qatbench.analysis.lanczos import Tridiagonal, lanczos, top_ritz_converged
 from qatbench.analysis.operator import HessianOperator
 
 
@@ -28,7 +28,7 @@ from qatbench.analysis.operator import HessianOperator
 class Eigen:
     values: list[float]  # largest first
     vectors: torch.Tensor  # (k, dim), unit rows
-    error_bounds: list[float]
+    residuals: list[float]  # ||H v - theta v||: an eigenvalue lies within it (lanczos.GUARANTEE)
     products: int
     converged: bool
 
@@ -86,14 +86,13 @@ def top_eigenvalues(
     sharp, loose = top_ritz_converged(k, tol), top_ritz_converged(k + extra, extra_tol, min_steps=k + extra + 1)
     tri = lanczos(op, start, max_steps, converged=lambda t: sharp(t) and (extra == 0 or loose(t)))
     theta, coefficients, residuals = tri.ritz()
-    bounds = error_bounds(theta, residuals)
     n = min(k + extra, tri.steps)
     vectors = _ritz_vectors(tri, coefficients[:, :n])
     k = min(k, n)
     return Eigen(
         values=[float(t) for t in theta[:n]],
         vectors=vectors,
-        error_bounds=[float(b) for b in bounds[:n]],
+        residuals=[float(r) for r in residuals[:n]],
         products=op.products - before,
         converged=bool(np.all(residuals[:k] <= tol * np.abs(theta[:k]))) or tri.betas[-1] <= 1e-10,
     )

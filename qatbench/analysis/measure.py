@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from qatbench.analysis import directions as dirs
 from qatbench.analysis import hessian as curvature
+from qatbench.analysis.lanczos import GUARANTEE
 from qatbench.analysis.landscape import Surface, SurfaceEvaluator, compute_surface
 from qatbench.analysis.operator import Batch, HessianOperator, curvature_parameters, modes_kept
 from qatbench.analysis.pyhessian_backend import reference_hessian
@@ -36,7 +37,7 @@ class HessianResult:
     eigenvalues: list[float]
     eigen_products: int
     eigen_converged: bool | None = None
-    eigen_error_bounds: list[float] = field(default_factory=list)
+    eigen_residuals: list[float] = field(default_factory=list)  # what they bound: lanczos.GUARANTEE
     trace: float | None = None
     trace_stderr: float | None = None
     trace_probes: int | None = None
@@ -57,6 +58,7 @@ class HessianResult:
             "eigenvalues": self.eigenvalues,
             "eigen_products": self.eigen_products,
             "eigen_converged": self.eigen_converged,
+            "eigen_residuals": self.eigen_residuals,
             "trace": self.trace,
             "trace_stderr": self.trace_stderr,
             "trace_probes": self.trace_probes,
@@ -70,7 +72,7 @@ class HessianResult:
             density = {"nodes": self.density.nodes.tolist(), "weights": self.density.weights.tolist()}
         return {
             **self.record(),
-            "eigen_error_bounds": self.eigen_error_bounds,
+            "eigen_residuals_bound": GUARANTEE if self.eigen_residuals else None,
             "trace_deflated": self.trace_deflated,
             "trace_samples": self.trace_samples,
             "layer_trace": {name: list(v) for name, v in self.layer_trace.items()},
@@ -126,7 +128,7 @@ def _hessian(model, batches, config: HessianConfig, loss_fn, seed: int, started:
         backend="fast",
         loss=loss,
         eigenvalues=eigen.values[: config.top_k],
-        eigen_error_bounds=eigen.error_bounds[: config.top_k],
+        eigen_residuals=eigen.residuals[: config.top_k],
         eigen_products=eigen.products,
         eigen_converged=eigen.converged,
         top_vector=eigen.vectors[0].detach(),
@@ -135,7 +137,7 @@ def _hessian(model, batches, config: HessianConfig, loss_fn, seed: int, started:
         pairs = None
         if deflate:
             pairs = curvature.Eigen(
-                eigen.values[:deflate], eigen.vectors[:deflate], eigen.error_bounds[:deflate], 0, eigen.converged
+                eigen.values[:deflate], eigen.vectors[:deflate], eigen.residuals[:deflate], 0, eigen.converged
             )
         estimate = curvature.trace(
             op,
