@@ -295,6 +295,7 @@ def _train(
         "model_file": store.MODEL,
         "train": losses,
         "environments": dataset.environments,
+        "num_classes": dataset.num_classes,  # the figures' chance line
         "n_params": sum(p.numel() for p in method.model.parameters()),
         "effective_hparams": method.effective_hparams(),
         "method_state": method.summary(),
