@@ -138,7 +138,8 @@ def main() -> None:
     print(f"training loader, DomainBed augmentation, 1 thread:          {pinned:7.0f} img/s")
     print(f"training loader, DomainBed augmentation, {torch.get_num_threads()} threads (old): {default:7.0f} img/s")
     print(f"ResNet-18 training step, batch {args.batch}:                     {step:7.0f} img/s")
-    print(f"  loader / training speed: {pinned / step:5.1f}x   (target >= 5x; {default / step:.1f}x on {torch.get_num_threads()} threads)")
+    threads = torch.get_num_threads()
+    print(f"  loader / training speed: {pinned / step:5.1f}x   (target >= 5x; {default / step:.1f}x on {threads} threads)")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,9 @@ class FingerprintCache:
         return self._prints[path]
 
 
-def stale_reason(record: Mapping[str, Any], root: Path | None = None, cache: FingerprintCache | None = None) -> str | None:
+def stale_reason(
+    record: Mapping[str, Any], root: Path | None = None, cache: FingerprintCache | None = None
+) -> str | None:
     """What differs between the data a finished record read and the data under `root` now (the
     record's own data root when None), or None when nothing does, the data is embedded, or the
     record predates fingerprints (nothing to compare)."""

@@ -106,9 +106,8 @@ def data_notes(records: pd.DataFrame, prints: FingerprintCache | None = None) ->
     if "data_skipped_n" in records:
         skipped = pd.to_numeric(records["data_skipped_n"], errors="coerce").fillna(0)
         if skipped.max() > 0:
-            examples = sorted(
-                {str(name).rsplit("/", 1)[-1] for names in records.get("data_skipped", []) if isinstance(names, list) for name in names}
-            )
+            lists = [names for names in records.get("data_skipped", []) if isinstance(names, list)]
+            examples = sorted({str(name).rsplit("/", 1)[-1] for names in lists for name in names})
             notes.append(
                 f"{int(skipped.max())} unreadable image file(s) were skipped by these runs "
                 f"(e.g. {', '.join(examples[:3])}; the records' data_skipped lists them)"

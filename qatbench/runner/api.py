@@ -103,7 +103,9 @@ def dry_run(
     lines.append(summary)
     on_disk = sorted({s.dataset for s in specs if DATASETS.entry(s.dataset).meta.get("needs_root", True)})
     if on_disk and root is None:
-        lines.append(f"no data root: {', '.join(on_disk)} read from disk; `run` needs --data-root DIR or $QATBENCH_DATA")
+        lines.append(
+            f"no data root: {', '.join(on_disk)} read from disk; `run` needs --data-root DIR or $QATBENCH_DATA"
+        )
     elif on_disk:
         lines.append(f"data root: {root} (read by {', '.join(on_disk)})")
     return lines
