@@ -9,8 +9,8 @@ from pathlib import Path
 from qatbench import config
 from qatbench.config import RunSpec, Suite
 from qatbench.data import DATASETS, resolve_data_root
-from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.errors import UserError, allowed_list, did_you_mean
+from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.runner import store
 from qatbench.runner.catalog import CATALOG
 from qatbench.runner.launchers import run_local, submit_slurm

@@ -23,8 +23,8 @@ import torch
 from qatbench.config import RunSpec
 from qatbench.config.suite import SlurmConfig
 from qatbench.errors import UserError
-from qatbench.runner import store
 from qatbench.provenance import FingerprintCache, stale_reason
+from qatbench.runner import store
 from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, finished_and_current, plan, run_specs
 from qatbench.runner.train import now
 

@@ -17,8 +17,8 @@ from qatbench.models import build_model
 from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.quant import quantize_model
 from qatbench.runner import store
-from qatbench.runner.catalog import CATALOG
 from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
+from qatbench.runner.catalog import CATALOG
 from qatbench.runner.train import analyze_after, now, run_one
 
 log = logging.getLogger(__name__)
