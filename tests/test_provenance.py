@@ -119,4 +119,4 @@ def test_dry_run_names_the_test_domains_and_the_data_root(tmp_path, capsys):
     suite = write_suite(tmp_path, SUITE)
     assert main(["run", str(suite), "--dry-run", "--data-root", str(root), "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert "test_envs=[2] (photo)" in out and f"data root: {root}" in out and "1 pending" in out
+    assert "test_envs=[2] (photo)" in out and f"data root: {root}" in out and "1 runs in suite 'pacs-prov': 1 to run" in out

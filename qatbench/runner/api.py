@@ -97,9 +97,9 @@ def dry_run(
             f"{spec.run_id}  {state:8s}  {spec.label:10s} {spec.bits_label:5s} {spec.dataset} "
             f"test_envs={list(spec.test_envs)} ({named_test_domains(spec)}) seed={spec.seed} steps={spec.steps}"
         )
-    summary = f"{len(specs)} runs in suite '{suite.name}': " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    summary = f"{len(specs)} runs in suite '{suite.name}': {counts['pending']} to run"
     if counts["stale"]:
-        summary += " (stale: their data differs from the data on disk now; --rerun-stale retrains them)"
+        summary += f", {counts['stale']} stale (their data has changed on disk; --rerun-stale retrains them)"
     lines.append(summary)
     on_disk = sorted({s.dataset for s in specs if DATASETS.entry(s.dataset).meta.get("needs_root", True)})
     if on_disk and root is None:
