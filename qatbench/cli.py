@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dry-run", action="store_true", help="list the runs and whether they are finished; train nothing"
     )
+    run.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="train again the finished runs whose data differs from the data on disk now (default: keep, flag)",
+    )
     run.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
     run.add_argument("--quiet", action="store_true", help="no progress bars (also: QATBENCH_QUIET=1)")
     run.set_defaults(command=cmd_run)
@@ -125,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--results", default="results", help="results folder (default: results)")
     status.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     status.add_argument("--only", default="", metavar="LABELS", help="only these method entries (labels)")
+    status.add_argument(
+        "--data-root", help="compare the runs' data fingerprints with this data (default: $QATBENCH_DATA, the suite's)"
+    )
     status.set_defaults(command=cmd_status)
 
     clean = commands.add_parser("clean", help="remove the folders of a suite's dead partial runs")
@@ -195,20 +203,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qatbench.runner import api
-    from qatbench.runner.store import is_finished, run_dir
 
     suite = api.load_suite(args.suite, args.overrides)
     results = Path(args.results)
     only = [label.strip() for label in args.only.split(",") if label.strip()]
     if args.dry_run:
-        specs = api.expand(suite, only)
-        for spec in specs:
-            state = "finished" if is_finished(run_dir(results, spec.suite, spec.run_id)) else "pending"
-            print(
-                f"{spec.run_id}  {state:8s}  {spec.label:10s} {spec.bits_label:5s} {spec.dataset} "
-                f"test_envs={list(spec.test_envs)} seed={spec.seed} steps={spec.steps}"
-            )
-        print(f"{len(specs)} runs in suite '{suite.name}'")
+        print("\n".join(api.dry_run(suite, results, only, args.data_root)))
         return 0
     quiet = args.quiet or bool(os.environ.get("QATBENCH_QUIET"))
     if args.launcher not in ("local", "slurm"):
@@ -224,6 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         only=only,
         workers=args.workers,
         launcher=args.launcher,
+        rerun_stale=args.rerun_stale,
     )
     print(summary.line())
     return 1 if summary.counts.get("failed") else 0
@@ -238,11 +239,13 @@ def _suite_specs(args: argparse.Namespace):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from qatbench.data import resolve_data_root
     from qatbench.runner.status import damaged_parents, suite_status
     from qatbench.runner.store import MODEL, run_dir
 
     suite, specs = _suite_specs(args)
-    print(suite_status(specs, Path(args.results)).line(suite.name))
+    root = resolve_data_root(args.data_root, suite.data_root)
+    print(suite_status(specs, Path(args.results), root).line(suite.name))
     for parent, problem in damaged_parents(specs, Path(args.results)):
         folder = run_dir(Path(args.results), parent.suite, parent.run_id)
         print(

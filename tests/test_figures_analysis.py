@@ -24,6 +24,7 @@ from qatbench.report.figures_analysis import (
     plot_landscape_3d,
     smoothed_density,
 )
+from qatbench.report.palette import natural_key
 from tests.conftest import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -179,17 +180,22 @@ def test_density_plot_creates_parent_folders(tmp_path):
     assert all(p.stat().st_size > 0 for p in written)
 
 
-def test_layer_trace_keeps_layer_order_and_groups_by_label():
-    entries = {
-        "lsq W4A4": {"conv1": (3.0, 0.3), "layer1.0.conv1": (2.0, 0.2), "fc": (1.0, 0.1)},
-        "gaqat W4A4": {"conv1": (1.5, 0.1), "fc": (0.5, 0.05)},
+def test_layer_trace_puts_layers_in_natural_order_and_groups_by_label():
+    entries = {  # hessian.json stores its keys sorted as strings: 10 and 14 before 3
+        "lsq W4A4": {"0": (3.0, 0.3), "10": (2.0, 0.2), "14": (1.0, 0.1), "3": (4.0, 0.1)},
+        "gaqat W4A4": {"0": (1.5, 0.1), "14": (0.5, 0.05), "3": (2.5, 0.1)},
     }
     ax = layer_trace_figure(entries).axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["conv1", "layer1.0.conv1", "fc"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "3", "10", "14"]
     lsq_bars, gaqat_bars = [c for c in ax.containers if isinstance(c, BarContainer)]
-    assert [bar.get_height() for bar in lsq_bars] == [3.0, 2.0, 1.0]
-    assert [bar.get_height() for bar in gaqat_bars][::2] == [1.5, 0.5]  # no bar for the layer it lacks
-    assert np.isnan(gaqat_bars[1].get_height())
+    assert [bar.get_height() for bar in lsq_bars] == [3.0, 4.0, 2.0, 1.0]
+    assert [bar.get_height() for bar in gaqat_bars][::3] == [1.5, 0.5] and gaqat_bars[1].get_height() == 2.5
+    assert np.isnan(gaqat_bars[2].get_height())  # no bar for the layer it lacks
+
+
+def test_natural_order_of_dotted_layer_names():
+    names = ["layer10.conv1", "fc", "layer2.conv1", "layer1.1.conv2", "layer1.0.conv2"]
+    assert sorted(names, key=natural_key) == ["fc", "layer1.0.conv2", "layer1.1.conv2", "layer2.conv1", "layer10.conv1"]
 
 
 def test_unreadable_files_are_skipped_with_a_warning(runs, tmp_path, caplog):

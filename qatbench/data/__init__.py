@@ -10,12 +10,14 @@ from qatbench.data.base import DomainDataset, EnvSplit, split_environments
 from qatbench.data.loaders import eval_batches, infinite_batches
 from qatbench.data.registry import DATASETS
 from qatbench.errors import UserError
+from qatbench.provenance import provenance
 
 __all__ = [
     "DATASETS",
     "DomainDataset",
     "EnvSplit",
     "build_dataset",
+    "data_provenance",
     "eval_batches",
     "infinite_batches",
     "resolve_data_root",
@@ -45,3 +47,11 @@ def build_dataset(name: str, root: Path | None, data_seed: int, options: dict | 
     if entry.meta.get("needs_root", True) and root is None:
         raise UserError(f"dataset '{name}' reads from disk: give --data-root DIR or set ${DATA_ROOT_ENV}")
     return DATASETS.build(name, root, data_seed, **(options or {}))
+
+
+def data_provenance(dataset: DomainDataset, root: Path | None) -> dict:
+    """The record's `data_root` and `data_fingerprints`. A loader that names no sources per
+    environment is fingerprinted by its whole data root (coarser: other datasets there count too)."""
+    if root is None:
+        return provenance({}, None)
+    return provenance(dataset.sources or {"(data root)": Path(root)}, Path(root))

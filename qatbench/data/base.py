@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ class DomainDataset:
     fixed_splits: dict[int, tuple[Dataset, Dataset]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # unreadable image files, left out
     eval_only: set[int] = field(default_factory=set)
+    sources: dict[str, Path] = field(default_factory=dict)  # environment -> the folder or file it was read from
 
     def train_envs(self, test_envs) -> list[int]:
         return [i for i in range(len(self.envs)) if i not in test_envs and i not in self.eval_only]

@@ -106,6 +106,7 @@ def load_domain_folders(
         train_transform=transforms.domainbed_train(image_size),
         eval_transform=transforms.domainbed_eval(),
         skipped=skipped,
+        sources={domain: directory / domain for domain in wanted},
     )
 
 

@@ -71,6 +71,7 @@ def imagenet(
         eval_transform=transforms.domainbed_eval(),
         fixed_splits={0: (envs["train"], envs["val"])},
         skipped=skipped,
+        sources={"imagenet": directory},
     )
 
 

@@ -4,10 +4,16 @@ Tensor environments (the embedded MNIST domains, and the decoded-image cache) ar
 whole batch at a time: no per-sample Python calls, no worker processes. Only a random,
 per-image train transform needs per-image work; that goes through a DataLoader, with worker
 processes and pinned memory when a GPU is training.
+
+Augmentation runs on one intra-op thread, in each worker process and in the training process
+alike: per-image transforms on small images gain nothing from torch's thread pool and lose much
+when the cores are shared, where a pool of 2 threads ran DomainBed's augmentation at 167 img/s
+against 744 img/s on one (issue 22; benchmarks/bench_loader.py measures it).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -15,6 +21,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+AUGMENT_THREADS: int | None = 1  # intra-op threads of augmentation; None: torch's default (for benchmarks)
+
+
+def one_thread_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: each worker process augments on one intra-op thread (torch's worker
+    loop sets one thread too; this keeps it so should that default change)."""
+    if AUGMENT_THREADS:
+        torch.set_num_threads(AUGMENT_THREADS)
+
+
+@contextlib.contextmanager
+def augmentation_threads() -> Iterator[None]:
+    """The training process's thread count lowered while it augments a batch itself, then restored."""
+    before = torch.get_num_threads()
+    if not AUGMENT_THREADS or before == AUGMENT_THREADS:
+        yield
+        return
+    torch.set_num_threads(AUGMENT_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class EpochPermutations:
@@ -47,13 +75,22 @@ def infinite_batches(
             yield take(dataset, index)
         return
     view = dataset.with_transform(transform) if hasattr(dataset, "with_transform") else _Mapped(dataset, transform)
-    yield from DataLoader(
+    loader = DataLoader(
         view,
         batch_sampler=indices,
         num_workers=workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),  # seeds the workers' augmentation
+        worker_init_fn=one_thread_worker if workers else None,
     )
+    if workers:
+        yield from loader
+        return
+    batches = iter(loader)
+    while True:  # no workers: the training process augments, on one thread, then trains on all of them
+        with augmentation_threads():
+            batch = next(batches)
+        yield batch
 
 
 def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[Batch]:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from qatbench.errors import UserError, allowed_list, did_you_mean
 from qatbench.report.claims import Claim, load_claims
+from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.report.collect import load_curves, load_records
 from qatbench.report.comparisons import comparison_table
 from qatbench.report.references import attach_references, load_references
@@ -60,10 +61,13 @@ def text_tables(
     baselines = {"quantized": baseline} if baseline else {}
     tables = build_tables(records, SELECTIONS[selection](), load_curves, baselines)
     out: list[TextTable] = []
+    prints = FingerprintCache()
     for table in tables:
         if references is not None and not references.empty:
             attach_references(table, references, _table_records(records, table.key))
-        out.append(to_text(table))
+        text = to_text(table)
+        text.notes += data_notes(_table_records(records, table.key), prints)
+        out.append(text)
         versus = comparison_table(table, baselines)
         if versus is not None:
             out.append(versus)
@@ -137,6 +141,34 @@ def _table_records(records: pd.DataFrame, key: tuple) -> pd.DataFrame:
     if "dataset_options.image_size" in mine:
         mine = mine.assign(image_size=mine["dataset_options.image_size"])
     return mine
+
+
+def data_notes(records: pd.DataFrame, prints: FingerprintCache | None = None) -> list[str]:
+    """What a table's numbers rest on, when it is not the whole data as it is now: image files the
+    runs skipped as unreadable, and runs whose data on disk has changed since they read it."""
+    notes = []
+    if "data_skipped_n" in records:
+        skipped = pd.to_numeric(records["data_skipped_n"], errors="coerce").fillna(0)
+        if skipped.max() > 0:
+            lists = [names for names in records.get("data_skipped", []) if isinstance(names, list)]
+            examples = sorted({str(name).rsplit("/", 1)[-1] for names in lists for name in names})
+            notes.append(
+                f"{int(skipped.max())} unreadable image file(s) were skipped by these runs "
+                f"(e.g. {', '.join(examples[:3])}; the records' data_skipped lists them)"
+            )
+    prints = prints or FingerprintCache()
+    stale = [
+        str(row.get("run_id"))
+        for row in records.to_dict("records")
+        if row.get("status") == "done" and stale_reason(row, None, prints)
+    ]
+    if stale:
+        notes.append(
+            f"stale: {len(stale)} run(s) read data that differs from the data under their data root now "
+            f"({', '.join(r[:8] for r in stale[:5])}{', ...' if len(stale) > 5 else ''}); "
+            f"qatbench run --rerun-stale retrains them"
+        )
+    return notes
 
 
 def _not_counted(records: pd.DataFrame, format: Format) -> str:

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatterSciNotation, NullFormatter
 
 from qatbench.report.figures_analysis import _slug, _styled, analysis_figures, save_figure
+from qatbench.report.palette import Palette, chance_percent, chunks
 from qatbench.report.sharpness import SHARPNESS, kendall, sharpness_runs
 from qatbench.report.tables import AVG, FP, Table
 
@@ -40,80 +41,152 @@ def _bits_order(values: pd.DataFrame) -> list[str]:
     return sorted(set(values["bits"]) - {FP}, key=lambda bits: (width(bits), bits))
 
 
+LEGEND = {"frameon": False, "fontsize": 7}
+
+
+def _y_range(ax, values: list[float], references: list[float]) -> None:
+    """y limits over the data (with error bars) and the chance and FP reference lines, padded, within 0-100:
+    never an auto-zoom in which a point of accuracy fills the panel without its reference in view."""
+    finite = [v for v in [*values, *references] if v is not None and np.isfinite(v)]
+    if not finite:
+        return
+    low, high = min(finite), max(finite)
+    pad = max(2.0, 0.06 * (high - low))
+    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
+
+
+def _chance_line(ax, chance: float | None, label: bool = True) -> None:
+    if chance is not None:
+        ax.axhline(chance, color="0.35", ls=":", lw=0.9, label=f"chance ({chance:.3g}%)" if label else None)
+
+
 @_styled
-def accuracy_vs_bits_figure(values: pd.DataFrame, title: str) -> Figure:
-    """Mean ± std over seeds of the Avg accuracy per method and bit width; FP rows as dashed lines."""
+def accuracy_vs_bits_figure(
+    values: pd.DataFrame, title: str, palette: Palette | None = None, chance: float | None = None
+) -> Figure:
+    """Mean ± std over seeds of the Avg accuracy per method and bit width; FP rows as dashed lines, chance
+    dotted. More than 8 quantized methods: small multiples, one row of panels per group of methods, with
+    the same FP lines and the same y range in every row of a column."""
     order = _bits_order(values)
-    fig = Figure(figsize=(8.0, 3.4), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=False)
     quantized = sorted(set(values.loc[values["bits"] != FP, "label"]))
     fp_rows = sorted(set(values.loc[values["bits"] == FP, "label"]))
-    colors = dict(zip(quantized + fp_rows, sns.color_palette("husl", len(quantized) + len(fp_rows))))
-    for ax, header in zip(axes, HEADERS):
-        cells = values[values["header"] == header]
+    palette = palette or Palette([*quantized, *fp_rows])
+    groups = chunks(quantized)
+    fig = Figure(figsize=(9.0, 3.2 * len(groups) + 0.3), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(groups), 2, sharey="col", squeeze=False))
+    stats = values.groupby(["header", "label", "bits"])["value"].agg(["mean", "std"]).reset_index()
+    for column, header in enumerate(HEADERS):
+        cells = stats[stats["header"] == header]
         if cells.empty:  # I.D.-only suites
-            ax.set_axis_off()
+            for ax in axes[:, column]:
+                ax.set_axis_off()
             continue
-        stats = cells.groupby(["label", "bits"])["value"].agg(["mean", "std"]).reset_index()
-        for label in quantized:
-            line = stats[(stats["label"] == label) & (stats["bits"] != FP)].set_index("bits").reindex(order)
-            ax.errorbar(
-                range(len(order)), line["mean"], yerr=line["std"], label=label, color=colors[label], lw=1, marker="o"
-            )
-        for label in fp_rows:
-            mean = stats[(stats["label"] == label) & (stats["bits"] == FP)]["mean"]
-            if len(mean):
-                ax.axhline(float(mean.iloc[0]), color=colors[label], ls="--", lw=0.8, label=f"{label} (FP)")
-        ax.set_xticks(range(len(order)), order)
-        ax.set_xlabel("bit width")
-        ax.set_ylabel(f"{header} accuracy (%), Avg")
-    axes[1].legend(frameon=False, fontsize=5, ncol=2, loc="best")
-    fig.suptitle(title, fontsize=8)
+        fp_means = {
+            label: float(cells[(cells["label"] == label) & (cells["bits"] == FP)]["mean"].iloc[0])
+            for label in fp_rows
+            if ((cells["label"] == label) & (cells["bits"] == FP)).any()
+        }
+        shown: list[float] = []
+        for row, group in enumerate(groups):
+            ax = axes[row, column]
+            for label in group:
+                line = cells[(cells["label"] == label) & (cells["bits"] != FP)].set_index("bits").reindex(order)
+                ax.errorbar(
+                    range(len(order)),
+                    line["mean"],
+                    yerr=line["std"],
+                    label=label,
+                    color=palette.colour(label),
+                    marker=palette.marker(label),
+                    lw=1.2,
+                    ms=4,
+                    capsize=2,
+                )
+                shown += list(line["mean"] - line["std"].fillna(0)) + list(line["mean"] + line["std"].fillna(0))
+            for label, mean in fp_means.items():
+                ax.axhline(mean, color=palette.colour(label), ls="--", lw=0.9, label=f"{label} (FP)")
+            _chance_line(ax, chance)
+            ax.set_xticks(range(len(order)), order)
+            ax.set_xlabel("bit width")
+            ax.set_ylabel(f"{header} accuracy (%), Avg")
+            if column == 1 or values[values["header"] == "OOD"].empty:
+                ax.legend(**LEGEND, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        _y_range(axes[0, column], shown, [*fp_means.values(), chance])
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
 @_styled
-def id_vs_ood_figure(values: pd.DataFrame, title: str) -> Figure:
-    """One point per method, bits and seed (Avg over domains); the diagonal is no OOD gap."""
+def id_vs_ood_figure(
+    values: pd.DataFrame, title: str, palette: Palette | None = None, chance: float | None = None
+) -> Figure:
+    """One point per method, bits and seed (Avg over domains); the diagonal is no OOD gap, dotted lines chance."""
     wide = values.pivot_table(index=["label", "bits", "seed"], columns="header", values="value")
     wide = wide.reindex(columns=list(HEADERS)).dropna().reset_index()
-    fig = Figure(figsize=(5.2, 4.0), layout="constrained")
+    palette = palette or Palette(wide["label"])
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
-    sns.scatterplot(data=wide, x="I.D.", y="OOD", hue="label", style="bits", ax=ax, s=18, palette="husl")
-    low = float(np.nanmin(wide[["I.D.", "OOD"]].to_numpy())) if len(wide) else 0.0
-    high = float(np.nanmax(wide[["I.D.", "OOD"]].to_numpy())) if len(wide) else 100.0
-    ax.plot([low, high], [low, high], color="grey", lw=0.6, ls=":")
+    sns.scatterplot(
+        data=wide, x="I.D.", y="OOD", hue="label", style="bits", ax=ax, s=22, palette=palette.mapping(wide["label"])
+    )
+    points = wide[["I.D.", "OOD"]].to_numpy().ravel().tolist()
+    low = min([*points, chance] if chance is not None else points or [0.0])
+    high = max(points or [100.0])
+    ax.plot([low, high], [low, high], color="grey", lw=0.6, ls="-", label="I.D. = OOD")
+    if chance is not None:
+        ax.axhline(chance, color="0.35", ls=":", lw=0.9, label=f"chance ({chance:.3g}%)")
+        ax.axvline(chance, color="0.35", ls=":", lw=0.9)
+    pad = max(2.0, 0.05 * (high - low))
+    ax.set_xlim(max(0.0, low - pad), min(100.0, high + pad))
+    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
     ax.set_xlabel("I.D. accuracy (%), Avg")
     ax.set_ylabel("OOD accuracy (%), Avg")
-    ax.legend(frameon=False, fontsize=5, ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
-    ax.set_title(title, fontsize=8)
+    ax.legend(**LEGEND, ncol=2 if wide["label"].nunique() > 10 else 1, bbox_to_anchor=(1.02, 1), loc="upper left")
+    ax.set_title(title, fontsize=9)
     return fig
 
 
+def _log_ticks(ax, values) -> None:
+    """Labelled ticks on a log x axis whatever its range: within a decade matplotlib labels no tick at all."""
+    finite = np.asarray([v for v in values if np.isfinite(v) and v > 0], float)
+    if finite.size == 0:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    if high / low < 10:  # less than a decade: four ticks across the data, labelled in plain numbers
+        ticks = np.geomspace(low, high, 4) if high > low else np.array([low])
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    else:
+        ax.xaxis.set_major_formatter(LogFormatterSciNotation())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide on short log ranges
+
+
 @_styled
-def sharpness_vs_ood_figure(runs: pd.DataFrame, title: str) -> Figure:
+def sharpness_vs_ood_figure(runs: pd.DataFrame, title: str, chance: float | None = None) -> Figure:
     """Final OOD accuracy against each sharpness measure (log axis), one point per run, Kendall's tau in the title."""
     measures = [m for m in SHARPNESS if m in runs and runs[m].notna().any()]
-    fig = Figure(figsize=(4.0 * len(measures), 3.4), layout="constrained")
+    fig = Figure(figsize=(4.4 * len(measures), 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(measures)))
     for ax, measure in zip(axes, measures):
         data = runs.assign(ood=runs["ood_acc"] * 100, x=runs[measure])
         data = data[data["x"] > 0]  # a log axis: non-positive sharpness (a saddle) cannot be drawn
         style = "domain" if data["domain"].nunique() > 1 else None
-        sns.scatterplot(data=data, x="x", y="ood", hue="bits", style=style, ax=ax, s=14, palette="colorblind")
+        sns.scatterplot(data=data, x="x", y="ood", hue="bits", style=style, ax=ax, s=16, palette="colorblind")
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide on short log ranges
+        _log_ticks(ax, data["x"])
+        _chance_line(ax, chance)
+        _y_range(ax, list(data["ood"]), [chance])
         taus = []  # per test domain: OOD accuracies of different domains are not on one scale
         for domain, group in runs.groupby("domain", sort=False):
             tau, p, n = kendall(group[measure], group["ood_acc"])
             taus.append(
                 f"{domain}: τ = {tau:+.2f} (p = {p:.2g}, n = {n})" if np.isfinite(tau) else f"{domain}: n = {n}"
             )
-        ax.set_title("\n".join(taus), fontsize=6)
-        ax.set_xlabel(SHARPNESS[measure])
+        ax.set_title("\n".join(taus), fontsize=7)
+        ax.set_xlabel(f"{SHARPNESS[measure]} (log scale)")
         ax.set_ylabel("OOD accuracy (%), final weights")
-        ax.legend(frameon=False, fontsize=5)
-    fig.suptitle(title, fontsize=8)
+        ax.legend(**LEGEND)
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -124,24 +197,36 @@ def report_figures(tables: list[Table], records: pd.DataFrame, out: Path) -> lis
     for table in tables:
         by_key.setdefault(table.key[:3], []).append(table)
     runs = sharpness_runs(records)
+    palette = Palette(records["label"].dropna() if "label" in records else [])  # one colour per method, all figures
     for key, group in by_key.items():
         folder, title = out / _slug(*key), " · ".join(key)
         values = _avg_values(group)
+        chance = _chance(records, key[1])
         if len(values):
             if _bits_order(values):
-                written += save_figure(accuracy_vs_bits_figure(values, title), folder / "accuracy_vs_bits")
+                written += save_figure(
+                    accuracy_vs_bits_figure(values, title, palette, chance), folder / "accuracy_vs_bits"
+                )
             if (values["header"] == "OOD").any():  # I.D.-only suites (test_envs: none) have no OOD axis
-                written += save_figure(id_vs_ood_figure(values, title), folder / "id_vs_ood")
+                written += save_figure(id_vs_ood_figure(values, title, palette, chance), folder / "id_vs_ood")
         mine = (
             runs[(runs["suite"] == key[0]) & (runs["dataset"] == key[1]) & (runs["model"] == key[2])]
             if len(runs)
             else runs
         )
         if len(mine):
-            written += save_figure(sharpness_vs_ood_figure(mine, title), folder / "sharpness_vs_ood")
+            written += save_figure(sharpness_vs_ood_figure(mine, title, chance), folder / "sharpness_vs_ood")
         for bits, run_dirs in _representative_runs(records, key).items():
-            written += analysis_figures(run_dirs, folder / "analysis" / _slug(bits))
+            written += analysis_figures(run_dirs, folder / "analysis" / _slug(bits), palette)
     return written
+
+
+def _chance(records: pd.DataFrame, dataset: str) -> float | None:
+    classes = None
+    if "num_classes" in records and "dataset" in records:
+        known = pd.to_numeric(records.loc[records["dataset"] == dataset, "num_classes"], errors="coerce").dropna()
+        classes = known.iloc[0] if len(known) else None
+    return chance_percent(dataset, classes)
 
 
 def _representative_runs(records: pd.DataFrame, key: tuple) -> dict[str, list[Path]]:

@@ -24,6 +24,8 @@ import seaborn as sns
 from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 
+from qatbench.report.palette import Palette, natural_key
+
 log = logging.getLogger(__name__)
 
 LANDSCAPE = "landscape"  # <run_dir>/landscape/<name>.npz + <name>.json
@@ -134,26 +136,44 @@ def curve(surface: Surface, metric: str = "loss") -> tuple[np.ndarray, np.ndarra
     return surface.x[done], values[done]
 
 
+def _colours(labels: Sequence[str], palette) -> list:
+    """The report's colour per method label, or a colourblind palette by position without one."""
+    if palette is not None:
+        return [palette.colour(label) for label in labels]
+    return list(sns.color_palette("colorblind", len(labels)))
+
+
+AXIS_LABEL = {"loss": "loss", "acc": "accuracy (%)"}
+LEGEND = {"frameon": False, "fontsize": 7}
+
+
 @_styled
-def landscape_1d_figure(surfaces: Sequence[Surface], metric: str = "loss") -> Figure:
+def landscape_1d_figure(surfaces: Sequence[Surface], metric: str = "loss", palette=None) -> Figure:
+    """Curves of several runs along one kind of direction; accuracy in percent; titled with what it shows."""
     directions = {s.meta.get("direction") for s in surfaces}
     if not surfaces or len(directions) > 1:
         raise ValueError(f"one direction per 1D figure, got {sorted(map(str, directions))}")
-    fig = Figure(figsize=(4.5, 3.2), layout="constrained")
+    fig = Figure(figsize=(5.6, 3.4), layout="constrained")
     ax = fig.add_subplot()
     tags = [f"{s.meta.get('domain', '?')}, seed {s.meta.get('run_seed', '?')}" for s in surfaces]  # the run's
     names = _distinct([s.name for s in surfaces], tags)
-    for surface, name, color in zip(surfaces, names, sns.color_palette("colorblind", len(surfaces))):
-        ax.plot(*curve(surface, metric), color=color, label=name, lw=1.5)
-    ax.set_xlabel(_direction_label(surfaces[0].meta))
-    ax.set_ylabel(METRICS[metric])
-    ax.legend(frameon=False)
+    scale = 100.0 if metric == "acc" else 1.0
+    colours = _colours([str(s.meta.get("label", "?")) for s in surfaces], palette)
+    for surface, name, color in zip(surfaces, names, colours):
+        x, values = curve(surface, metric)
+        ax.plot(x, values * scale, color=color, label=name, lw=1.5)
+    direction = _direction_label(surfaces[0].meta)
+    ax.set_xlabel(direction)
+    ax.set_ylabel(AXIS_LABEL[metric])
+    bits = sorted({str(s.meta.get("bits", "")) for s in surfaces} - {""})
+    ax.set_title(f"{METRICS[metric].capitalize()} along a {direction}" + (f" · {', '.join(bits)}" if bits else ""))
+    ax.legend(**LEGEND, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
-def plot_landscape_1d(surfaces: Sequence[Surface], out_stem: Path, metric: str = "loss") -> list[Path]:
+def plot_landscape_1d(surfaces: Sequence[Surface], out_stem: Path, metric: str = "loss", palette=None) -> list[Path]:
     """Several runs' 1D curves along one kind of direction, overlaid."""
-    return save_figure(landscape_1d_figure(surfaces, metric), out_stem)
+    return save_figure(landscape_1d_figure(surfaces, metric, palette), out_stem)
 
 
 def _grid(surface: Surface, metric: str, n_levels: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, BoundaryNorm]:
@@ -241,47 +261,56 @@ def smoothed_density(
 
 
 @_styled
-def density_figure(entries: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Figure:
-    fig = Figure(figsize=(4.5, 3.2), layout="constrained")
+def density_figure(entries: Sequence[tuple[str, np.ndarray, np.ndarray]], colours=None) -> Figure:
+    fig = Figure(figsize=(5.6, 3.4), layout="constrained")
     ax = fig.add_subplot()
     # one grid and one kernel for every run, so their densities compare point by point
     ranges = [_spectrum_range(np.asarray(n, float), np.asarray(w, float)) for _, n, w in entries]
     grid, sigma = _kernel_grid(min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
-    for (label, nodes, weights), color in zip(entries, sns.color_palette("colorblind", len(entries))):
+    for (label, nodes, weights), color in zip(entries, colours or sns.color_palette("colorblind", len(entries))):
         _, density = smoothed_density(nodes, weights, grid, sigma)
         ax.semilogy(grid, np.maximum(density, DENSITY_FLOOR), color=color, label=label, lw=1.2)
     ax.set_ylim(bottom=DENSITY_FLOOR)
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (log scale)")
-    ax.legend(frameon=False)
+    ax.set_title("Hessian eigenvalue density (SLQ)")
+    ax.legend(**LEGEND, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
-def plot_density(entries: Sequence[tuple[str, np.ndarray, np.ndarray]], out_stem: Path) -> list[Path]:
+def plot_density(entries: Sequence[tuple[str, np.ndarray, np.ndarray]], out_stem: Path, colours=None) -> list[Path]:
     """Hessian eigenvalue densities (label, SLQ nodes, weights) on a log y axis, as in PyHessian."""
-    return save_figure(density_figure(entries), out_stem)
+    return save_figure(density_figure(entries, colours), out_stem)
 
 
 @_styled
-def layer_trace_figure(entries: Mapping[str, Mapping[str, tuple[float, float]]]) -> Figure:
-    layers = list(dict.fromkeys(layer for traces in entries.values() for layer in traces))  # first-seen order
-    fig = Figure(figsize=(max(4.0, 0.35 * len(layers) + 1.5), 3.2), layout="constrained")
+def layer_trace_figure(entries: Mapping[str, Mapping[str, tuple[float, float]]], colours=None) -> Figure:
+    """Grouped bars per layer, layers in natural order (hessian.json stores its keys sorted as strings,
+    which put layer 10 before layer 3; numbers inside names compare as numbers here)."""
+    layers = sorted({layer for traces in entries.values() for layer in traces}, key=natural_key)
+    fig = Figure(figsize=(max(5.0, 0.45 * len(layers) + 3.0), 3.4), layout="constrained")
     ax = fig.add_subplot()
     positions, width = np.arange(len(layers)), 0.8 / max(len(entries), 1)
-    for k, ((label, traces), color) in enumerate(zip(entries.items(), sns.color_palette("colorblind", len(entries)))):
+    colours = colours or sns.color_palette("colorblind", len(entries))
+    for k, ((label, traces), color) in enumerate(zip(entries.items(), colours)):
         mean, stderr = np.array([traces.get(layer, (np.nan, np.nan)) for layer in layers], float).reshape(-1, 2).T
         offset = (k - (len(entries) - 1) / 2) * width
         ax.bar(positions + offset, mean, width, yerr=stderr, capsize=2, color=color, label=label)
-    ax.set_xticks(positions, layers, rotation=60, ha="right", fontsize=6)
+    rotation = 45 if max(map(len, layers), default=0) > 3 else 0
+    ax.set_xticks(positions, layers, rotation=rotation, ha="right" if rotation else "center", fontsize=7)
     ax.grid(axis="x", visible=False)
+    ax.set_xlabel("layer")
     ax.set_ylabel("Hessian trace")
-    ax.legend(frameon=False)
+    ax.set_title("Per-layer Hessian trace (Hutchinson, ± std. error)")
+    ax.legend(**LEGEND, ncol=2 if len(entries) > 10 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
-def plot_layer_trace(entries: Mapping[str, Mapping[str, tuple[float, float]]], out_stem: Path) -> list[Path]:
-    """Per-layer Hessian trace, label -> {layer: (mean, stderr)}, grouped bars in the layers' given order."""
-    return save_figure(layer_trace_figure(entries), out_stem)
+def plot_layer_trace(
+    entries: Mapping[str, Mapping[str, tuple[float, float]]], out_stem: Path, colours=None
+) -> list[Path]:
+    """Per-layer Hessian trace, label -> {layer: (mean, stderr)}, grouped bars in the layers' natural order."""
+    return save_figure(layer_trace_figure(entries, colours), out_stem)
 
 
 def _slug(*parts: object) -> str:
@@ -303,16 +332,21 @@ def _read_runs(run_dirs: Sequence[Path]) -> tuple[list[Surface], list[dict]]:
     return surfaces, hessians
 
 
-def analysis_figures(run_dirs: Sequence[Path], out: Path) -> list[Path]:
-    """Every analysis figure the runs' files allow, written under `out`; [] when there is nothing to draw."""
+def analysis_figures(run_dirs: Sequence[Path], out: Path, palette=None) -> list[Path]:
+    """Every analysis figure the runs' files allow, written under `out`; [] when there is nothing to draw.
+    `palette` (report/palette.py): the report's colour per method; without one, the runs' own."""
     surfaces, hessians = _read_runs(run_dirs)
+    if palette is None:
+        labels = [x.meta.get("label", "?") for x in surfaces] + [h.get("label", "?") for h in hessians]
+        palette = Palette(map(str, labels))
     out, written = Path(out), []
     for direction in sorted({str(s.meta.get("direction")) for s in surfaces if s.meta["kind"] == "1d"}):
         group = [s for s in surfaces if s.meta["kind"] == "1d" and str(s.meta.get("direction")) == direction]
         for metric in METRICS:
             drawable = [s for s in group if np.isfinite(getattr(s, metric)).any()]
             if drawable:
-                written += plot_landscape_1d(drawable, out / _slug("landscape_1d", direction, metric), metric)
+                stem = out / _slug("landscape_1d", direction, metric)
+                written += plot_landscape_1d(drawable, stem, metric, palette)
     used: set[str] = set()
     for surface in (s for s in surfaces if s.meta["kind"] == "2d"):
         if not np.isfinite(surface.loss).any():
@@ -329,10 +363,14 @@ def analysis_figures(run_dirs: Sequence[Path], out: Path) -> list[Path]:
         [f"{h.get('label', '?')} {h.get('bits', '')}".strip() for h in hessians],
         [str(h.get("run_id", "?"))[:8] for h in hessians],
     )
-    densities = [(n, h["density"]["nodes"], h["density"]["weights"]) for n, h in zip(names, hessians) if h["density"]]
-    if densities:
-        written += plot_density(densities, out / "density")
-    traces = {name: h["layer_trace"] for name, h in zip(names, hessians) if h["layer_trace"]}
-    if traces:
-        written += plot_layer_trace(traces, out / "layer_trace")
+    with_density = [(n, h) for n, h in zip(names, hessians) if h["density"]]
+    if with_density:
+        densities = [(n, h["density"]["nodes"], h["density"]["weights"]) for n, h in with_density]
+        colours = [palette.colour(str(h.get("label", "?"))) for _, h in with_density]
+        written += plot_density(densities, out / "density", colours)
+    with_traces = [(n, h) for n, h in zip(names, hessians) if h["layer_trace"]]
+    if with_traces:
+        traces = {n: h["layer_trace"] for n, h in with_traces}
+        colours = [palette.colour(str(h.get("label", "?"))) for _, h in with_traces]
+        written += plot_layer_trace(traces, out / "layer_trace", colours)
     return written

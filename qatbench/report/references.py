@@ -92,6 +92,7 @@ def attach_references(table: Table, references: pd.DataFrame, runs: pd.DataFrame
                 )
                 continue
             texts.setdefault(column, row.value)
+        table.notes.extend(_average_like_ours(texts, group, table, f"{name} {ref_bits}", _environments(runs)))
         table.extra_rows.append(((name, ref_bits), texts))
         shown.extend(row for _, row in group.iterrows())
     for _, row in refs[refs["metric"].isin(DELTAS)].iterrows():
@@ -105,6 +106,60 @@ def attach_references(table: Table, references: pd.DataFrame, runs: pd.DataFrame
     unmatched = sorted({row["method"] for row in shown} - set(labels))
     if unmatched:
         table.notes.append(f"Methods the paper reports that this table did not run: {', '.join(unmatched)}.")
+
+
+OWN_MEAN = "‡"  # a paper's Avg over other test domains than the table's († marks significance)
+
+
+def _environments(runs: pd.DataFrame) -> list[str]:
+    """The dataset's environments, as the table's records list them (empty when they do not)."""
+    for value in runs.get("environments", pd.Series(dtype=object)):
+        if isinstance(value, list):
+            return [str(v) for v in value]
+    return []
+
+
+def _average_like_ours(
+    texts: dict, group: pd.DataFrame, table: Table, name: str, environments: list[str]
+) -> list[str]:
+    """Make the paper row's Avg cells mean what ours mean: the average over this table's test domains.
+
+    A printed Avg is taken as the paper's mean over every environment of the dataset, DomainBed's
+    leave-one-domain-out protocol (RECONSTRUCTION: the reference CSVs do not say which domains an
+    avg row covers; every DG paper cited there reports all domains). It stands as printed when this
+    table's test domains are all of them. Else, where the paper prints a value for each of this
+    table's domains, the Avg is their mean (to the printed decimals); where it does not, the printed
+    Avg stays, marked † and explained in a note, so that it is never read as our kind of average."""
+    notes = []
+    for header in dict.fromkeys(h for h, _ in texts):
+        ours = [d for h, d in table.mean.columns if h == header and d not in (AVG, NO_TEST_DOMAIN)]
+        rows = group[group["metric"].map(ABSOLUTE) == header]
+        theirs = [t for t in dict.fromkeys(rows["test_env"]) if t not in ("avg", "none")]
+        printed = rows.loc[rows["test_env"] == "avg", "value"]
+        if not ours or (header, AVG) not in table.mean.columns:
+            continue
+        if len(printed) and environments and set(ours) == set(environments):
+            continue  # the paper's mean and ours are over the same (all) domains
+        if all((header, d) in texts for d in ours):
+            values = [texts[(header, d)] for d in ours]
+            decimals = max(len(v.split(".")[1]) if "." in v else 0 for v in values)
+            texts[(header, AVG)] = f"{sum(float(v) for v in values) / len(values):.{decimals}f}"
+            if len(printed):
+                over = ", ".join(environments or theirs) or "its test domains"
+                notes.append(
+                    f"{name}: its {header} Avg here is the mean of the paper's values on this table's test "
+                    f"domain(s) ({', '.join(ours)}), as ours; the paper's own mean over {over} is {printed.iloc[0]}."
+                )
+        elif (header, AVG) in texts:
+            texts[(header, AVG)] = f"{texts[(header, AVG)]}{OWN_MEAN}"
+            domains = environments or theirs
+            over = f"{len(domains)} test domains ({', '.join(domains)})" if domains else "its own test domains"
+            missing = [d for d in ours if (header, d) not in texts]
+            notes.append(
+                f"{name}: {OWN_MEAN} its {header} Avg is the paper's own mean over {over}, not over this table's "
+                f"({', '.join(ours)}): the paper prints no value for {', '.join(missing)}."
+            )
+    return notes
 
 
 def _column(test_env: str, table: Table) -> str:

@@ -95,6 +95,7 @@ _LATEX_SPECIAL = {
     "±": r"$\pm$",
     "·": r"$\cdot$",
     "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
     "τ": r"$\tau$",
     "λ": r"$\lambda$",
     "Δ": r"$\Delta$",

@@ -23,8 +23,9 @@ import torch
 from qatbench.config import RunSpec
 from qatbench.config.suite import SlurmConfig
 from qatbench.errors import UserError
+from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.runner import store
-from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, plan, run_specs
+from qatbench.runner.sweep import SweepSummary, check_analysis, check_data, finished_and_current, plan, run_specs
 from qatbench.runner.train import now
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,20 @@ def worker_device(device: str, worker: int) -> str:
 
 def _work(args: tuple) -> tuple[int, int]:
     """One worker: the sweep loop over the shared plan; returns (runs it trained, runs it reused)."""
-    specs, results, data_root, device, since = args  # each run sets its own thread count
+    specs, results, data_root, device, since, rerun_stale = args  # each run sets its own thread count
     if device.startswith("cuda:"):  # this worker's GPU only: no context on the others
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
         device = "cuda"
-    summary = run_specs(specs, results, data_root=data_root, device=device, progress=False, checked=True, since=since)
+    summary = run_specs(
+        specs,
+        results,
+        data_root=data_root,
+        device=device,
+        progress=False,
+        checked=True,
+        since=since,
+        rerun_stale=rerun_stale,
+    )
     return summary.trained, summary.reused
 
 
@@ -54,13 +64,14 @@ def run_local(
     data_root: Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    rerun_stale: bool = False,
 ) -> SweepSummary:
     """Run the sweep on `workers` processes; the summary reads every planned run's record at the end."""
     if workers <= 1:
-        return run_specs(specs, results, data_root=data_root, device=device, progress=progress)
-    planned, finished_before = _prepare(specs, results, data_root)
+        return run_specs(specs, results, data_root=data_root, device=device, progress=progress, rerun_stale=rerun_stale)
+    planned, finished_before = _prepare(specs, results, data_root, rerun_stale)
     since = now()
-    jobs = [(planned, results, data_root, worker_device(device, k), since) for k in range(workers)]
+    jobs = [(planned, results, data_root, worker_device(device, k), since, rerun_stale) for k in range(workers)]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         try:
@@ -68,7 +79,7 @@ def run_local(
         except BrokenProcessPool:  # a worker was killed (OOM killer, kill -9): say so, keep what finished
             log.warning("a worker process died; its run is left unfinished and resumes on the next run")
             trained = []
-    return _collect(planned, results, finished_before, trained)
+    return _collect(planned, results, finished_before, trained, data_root)
 
 
 def submit_slurm(
@@ -78,11 +89,12 @@ def submit_slurm(
     *,
     data_root: Path | None = None,
     device: str = "auto",
+    rerun_stale: bool = False,
 ) -> tuple[list, SweepSummary | None]:
     """Submit one job array of `config.tasks` workers; with `cluster: local`, wait and summarize."""
     import submitit
 
-    planned, finished_before = _prepare(specs, results, data_root)
+    planned, finished_before = _prepare(specs, results, data_root, rerun_stale)
     suite = planned[0].suite if planned else "suite"
     if config.cluster != "local" and shutil.which("sbatch") is None:
         raise UserError(
@@ -105,26 +117,38 @@ def submit_slurm(
     device = "cuda" if config.gpus_per_task and config.cluster != "local" and device == "auto" else device
     since = now()
     jobs = executor.map_array(
-        _work, [(planned, Path(results), data_root, device, since) for _ in range(config.tasks)]
+        _work, [(planned, Path(results), data_root, device, since, rerun_stale) for _ in range(config.tasks)]
     )
     if config.cluster != "local":
         return jobs, None
-    return jobs, _collect(planned, results, finished_before, [job.result()[0] for job in jobs])
+    return jobs, _collect(planned, results, finished_before, [job.result()[0] for job in jobs], data_root)
 
 
-def _prepare(specs: list[RunSpec], results: Path, data_root: Path | None) -> tuple[list[RunSpec], set[str]]:
+def _prepare(
+    specs: list[RunSpec], results: Path, data_root: Path | None, rerun_stale: bool = False
+) -> tuple[list[RunSpec], set[str]]:
     """The plan and what is finished already; the data and analysis checks run once, before any worker."""
     planned = plan(specs)
-    finished = {s.run_id for s in planned if store.is_finished(store.run_dir(results, s.suite, s.run_id))}
+    prints = FingerprintCache()
+    finished = {
+        s.run_id
+        for s in planned
+        if finished_and_current(store.run_dir(results, s.suite, s.run_id), data_root, rerun_stale, prints)
+    }
     check_data([s for s in planned if s.run_id not in finished], data_root)
     check_analysis(planned, data_root)
     return planned, finished
 
 
-def _collect(planned: list[RunSpec], results: Path, finished_before: set[str], trained: list[int]) -> SweepSummary:
+def _collect(
+    planned: list[RunSpec], results: Path, finished_before: set[str], trained: list[int], data_root: Path | None
+) -> SweepSummary:
     """The sweep's summary from every planned run's record, once the workers are done."""
     summary = SweepSummary(reused=len(finished_before), trained_by_worker=trained)
+    prints = FingerprintCache()
     for spec in planned:
         record = store.read_record(store.run_dir(results, spec.suite, spec.run_id))
         summary.records.append(record or {"run_id": spec.run_id, "status": "missing"})
+        if record and record.get("status") in store.FINISHED and stale_reason(record, data_root, prints):
+            summary.stale.append(spec.run_id)
     return summary

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qatbench.config import RunSpec
+from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.runner import resume, store
 
 STATES = ("done", "diverged", "failed", "running", "dead", "pending")
@@ -21,6 +22,9 @@ STATES = ("done", "diverged", "failed", "running", "dead", "pending")
 class SuiteStatus:
     states: dict[str, str] = field(default_factory=dict)  # run_id -> state
     eta_s: float | None = None  # pending + running work at the measured run times, one worker
+    stale: dict[str, str] = field(default_factory=dict)  # finished run_id -> how its data differs now
+    others: int = 0  # records in the suite's folder that belong to other settings (--set, --only)
+    folder: str = ""
 
     @property
     def counts(self) -> Counter:
@@ -29,21 +33,44 @@ class SuiteStatus:
     def line(self, name: str) -> str:
         counts = self.counts
         parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES)
-        eta = "no step time measured yet" if self.eta_s is None else _duration(self.eta_s)
+        lines = [f"suite '{name}': {len(self.states)} runs: {parts}"]
         left = counts.get("pending", 0) + counts.get("running", 0) + counts.get("dead", 0)
-        return f"suite '{name}': {len(self.states)} runs: {parts}\nETA for the {left} left: {eta} (one worker)"
+        eta = "no step time measured yet" if self.eta_s is None else _duration(self.eta_s)
+        if left:
+            lines.append(f"ETA for the {left} left: {eta} (one worker)")
+        elif counts.get("failed", 0):  # the next `run` tries them again
+            lines.append(f"ETA for the {counts['failed']} failed, tried again by the next run: {eta} (one worker)")
+        else:
+            lines.append("nothing left to run")
+        if self.stale:
+            lines.append(
+                f"stale: {len(self.stale)} finished run(s) read data that differs from the data on disk now "
+                f"(kept; qatbench run --rerun-stale retrains them):"
+            )
+            lines += [f"  {run_id}  {reason}" for run_id, reason in sorted(self.stale.items())[:10]]
+        if self.others:
+            lines.append(
+                f"hint: {self.others} other record(s) in {self.folder} belong to other settings of this suite "
+                f"(written with other --set or --only values); pass the same --set to see them"
+            )
+        return "\n".join(lines)
 
 
-def suite_status(specs: list[RunSpec], results: Path) -> SuiteStatus:
+def suite_status(specs: list[RunSpec], results: Path, data_root: Path | None = None) -> SuiteStatus:
     """States of every run, and an ETA from the wall times (training, evaluations and analyses) of the
-    finished runs: per method the median, else the median time per step of all of them."""
+    finished runs: per method the median, else the median time per step of all of them. Finished
+    runs whose data differs from the data under `data_root` (else their own root) now are listed."""
     status = SuiteStatus()
     run_times: dict[str, list[float]] = {}
     per_step: list[float] = []
+    prints = FingerprintCache()
     for spec in specs:
         folder = store.run_dir(results, spec.suite, spec.run_id)
         status.states[spec.run_id] = store.state(folder)
         record = store.read_record(folder) or {}
+        reason = stale_reason(record, data_root, prints) if record.get("status") in store.FINISHED else None
+        if reason:
+            status.stale[spec.run_id] = reason
         wall = record.get("wall_time_s")
         if record.get("status") == "done" and isinstance(wall, int | float):
             wall += float(record.get("analysis.time_s") or 0.0)
@@ -62,6 +89,13 @@ def suite_status(specs: list[RunSpec], results: Path) -> SuiteStatus:
                     1 - min(_steps_done(store.run_dir(results, spec.suite, spec.run_id)), spec.steps) / spec.steps
                 )
             status.eta_s += estimate
+    if specs:
+        suite_folder = Path(results) / specs[0].suite
+        status.folder = str(suite_folder)
+        mine = set(status.states)
+        status.others = sum(
+            1 for record in suite_folder.glob(f"*/{store.RECORD}") if record.parent.name not in mine
+        )
     return status
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,12 @@ from tqdm.auto import tqdm
 from qatbench.config import RunSpec
 from qatbench.data import build_dataset, split_environments
 from qatbench.models import build_model
+from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.quant import quantize_model
 from qatbench.runner import store
 from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
 from qatbench.runner.threads import intra_op_threads
+from qatbench.runner.catalog import CATALOG
 from qatbench.runner.train import analyze_after, now, run_one
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class SweepSummary:
     trained_by_worker: list[int] = field(default_factory=list)  # local workers: runs each one trained
     submitted: list[str] = field(default_factory=list)  # Slurm job ids, when the jobs run on without us
     trained: int = 0  # runs this process trained (a worker's share)
+    stale: list[str] = field(default_factory=list)  # finished runs whose data differs now, kept (no --rerun-stale)
 
     @property
     def counts(self) -> Counter:
@@ -57,7 +61,20 @@ class SweepSummary:
             )
         if self.elsewhere:
             line += f"; {len(self.elsewhere)} left to another process running them"
+        if self.stale:
+            line += (
+                f"; {len(self.stale)} finished run(s) read data that differs from the data on disk now: "
+                f"kept and flagged (qatbench run --rerun-stale retrains them)"
+            )
         return line
+
+
+def finished_and_current(folder: Path, data_root: Path | None, rerun_stale: bool, cache: FingerprintCache) -> bool:
+    """Whether the run in `folder` counts as finished: it is, and either its data is unchanged or
+    stale runs are kept (without --rerun-stale a stale run stays finished, and is flagged)."""
+    if not store.is_finished(folder):
+        return False
+    return not (rerun_stale and stale_reason(store.read_record(folder) or {}, data_root, cache))
 
 
 def check_data(specs: list[RunSpec], data_root: Path | None) -> None:
@@ -108,19 +125,27 @@ def run_specs(
     progress: bool = True,
     checked: bool = False,
     since: str | None = None,
+    rerun_stale: bool = False,
 ) -> SweepSummary:
     """Every run in plan order, each under its lock; `checked`: the data and analysis checks already ran.
 
     A failed run is tried again, once per sweep: a failure recorded since `since` (the sweep's start,
-    shared by its workers) is this sweep's own, and another worker does not repeat it."""
+    shared by its workers) is this sweep's own, and another worker does not repeat it. A finished run
+    whose data differs from the data on disk now is run again with `rerun_stale`, else kept and flagged."""
     since = since or now()
     summary = SweepSummary()
     planned = plan(specs)
+    prints = FingerprintCache()
+    pending = [
+        s
+        for s in planned
+        if not finished_and_current(store.run_dir(results, s.suite, s.run_id), data_root, rerun_stale, prints)
+    ]
     if not checked:
-        pending = [s for s in planned if not store.is_finished(store.run_dir(results, s.suite, s.run_id))]
         check_data(pending, data_root)
         check_analysis(planned, data_root)
-    for spec in tqdm(planned, desc="runs", unit="run", disable=not progress):
+    progress_log = SweepProgress(planned, pending, enabled=progress)
+    for spec in planned:
         folder = store.run_dir(results, spec.suite, spec.run_id)
         if spec.parent is not None:  # a parent another process is training: wait until it is done with it
             with store.claim(store.run_dir(results, spec.parent.suite, spec.parent.run_id), wait=True):
@@ -128,18 +153,103 @@ def run_specs(
         with store.claim(folder) as mine:
             if not mine:
                 summary.elsewhere.append(spec.run_id)
+                progress_log.skip(spec)
                 continue
             record = store.read_record(folder)
             if record is not None and record.get("status") == "failed" and str(record.get("finished_at")) >= since:
                 summary.records.append(record)  # tried in this sweep already, by another worker
+                progress_log.skip(spec)
                 continue
-            if store.is_finished(folder):  # checked under the lock: another process may just have finished it
-                record = store.read_record(folder)
+            if finished_and_current(folder, data_root, rerun_stale, prints):  # under the lock: another process
+                record = store.read_record(folder)  # may just have finished it
+                if stale_reason(record, data_root, prints):
+                    summary.stale.append(spec.run_id)
                 with intra_op_threads(spec.threads):
                     record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
                 summary.records.append(record)
                 summary.reused += 1
+                progress_log.skip(spec)
                 continue
-            summary.records.append(run_one(spec, results, data_root=data_root, device=device, progress=progress))
+            progress_log.start(spec)
+            record = run_one(spec, results, data_root=data_root, device=device, progress=progress)
+            progress_log.end(spec, record)
+            summary.records.append(record)
             summary.trained += 1
+    progress_log.close()
     return summary
+
+
+def named_test_domains(spec: RunSpec) -> str:
+    """The run's test environments by name (indices where the dataset learns its names from disk)."""
+    if not spec.test_envs:
+        return "no test domain"
+    try:
+        names = CATALOG.dataset_environments(spec.dataset, dict(spec.dataset_options)) or []
+    except Exception:  # noqa: BLE001  (names are for display; the index is always right)
+        names = []
+    return ", ".join(names[i] if i < len(names) else f"env {i}" for i in spec.test_envs)
+
+
+class SweepProgress:
+    """One line when each run starts and when it ends (its I.D./OOD accuracy or its status, elapsed),
+    written above one overall bar counting the steps of the runs to train, whose rate gives the ETA.
+    Nothing at all when disabled (--quiet, QATBENCH_QUIET, worker processes)."""
+
+    def __init__(self, planned: list[RunSpec], pending: list[RunSpec], enabled: bool):
+        self.enabled, self.total = enabled, len(pending)
+        self.pending = {s.run_id for s in pending}
+        self.index, self.started = 0, 0.0
+        self.bar = tqdm(
+            total=sum(max(s.steps, 1) for s in pending),
+            desc=f"sweep ({self.total} runs to train)",
+            unit="step",
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
+        if enabled and planned:
+            finished = len(planned) - len(pending)
+            self.write(f"suite '{planned[0].suite}': {self.total} run(s) to train, {finished} already finished")
+
+    def write(self, line: str) -> None:
+        if self.enabled:
+            tqdm.write(line)
+
+    def start(self, spec: RunSpec) -> None:
+        self.index += 1
+        self.started = time.monotonic()
+        self.write(f"[{self.index}/{self.total}] start {_what(spec)}")
+
+    def end(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        elapsed = _elapsed(time.monotonic() - self.started)
+        status = record.get("status", "?")
+        if status == "done":
+            result = " ".join(
+                f"{name} {100 * record[key]:.1f}%"
+                for name, key in (("I.D.", "id_acc"), ("OOD", "ood_acc"))
+                if isinstance(record.get(key), int | float)
+            )
+        else:
+            result = f"{status}: {str(record.get('error') or '').splitlines()[0][:160] if record.get('error') else ''}"
+        self.write(f"[{self.index}/{self.total}] end   {_what(spec)}: {result} ({elapsed})")
+        self.bar.update(max(spec.steps, 1))
+
+    def skip(self, spec: RunSpec) -> None:
+        """A run another process had, or finished meanwhile: its steps leave the bar's total."""
+        if spec.run_id in self.pending and self.bar.total:
+            self.bar.total -= max(spec.steps, 1)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _what(spec: RunSpec) -> str:
+    return (
+        f"{spec.label} {spec.bits_label} {spec.dataset} test={named_test_domains(spec)} seed={spec.seed} "
+        f"({spec.run_id[:8]})"
+    )
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 import qatbench
 from qatbench.config import RunSpec
-from qatbench.data import build_dataset, infinite_batches, split_environments
+from qatbench.data import build_dataset, data_provenance, infinite_batches, split_environments
 from qatbench.data.loaders import take
 from qatbench.errors import UserError
 from qatbench.methods import METHODS
@@ -338,6 +338,7 @@ def _train(
         "model_file": store.MODEL,
         "train": losses,
         "environments": dataset.environments,
+        "num_classes": dataset.num_classes,  # the figures' chance line
         "n_params": sum(p.numel() for p in method.model.parameters()),
         "effective_hparams": method.effective_hparams(),
         "method_state": method.summary(),
@@ -347,6 +348,7 @@ def _train(
         "loader_workers": workers,
         "data_skipped_n": len(dataset.skipped),  # unreadable image files left out
         "data_skipped": dataset.skipped[:20],
+        **data_provenance(dataset, data_root),  # data_root, data_fingerprints: `status` flags changed data
     }
 
 
