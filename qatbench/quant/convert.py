@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from qatbench.config.spec import QuantSpec
+from qatbench.config.spec import FLOAT_BITS, QuantSpec
 from qatbench.quant.base import FakeQuantizer
 from qatbench.quant.dorefa import DorefaQuantizer
 from qatbench.quant.layers import QuantConv2d, QuantLinear
@@ -25,7 +25,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
 
     The first and the last of those layers (in registration order: the stem and the
     classifier of every torchvision-style network) follow `spec.first_last`: 8 bits (LSQ),
-    float ("fp"), or the spec's bits ("same"). The float model is left untouched.
+    float ("fp"), or the spec's bits ("same"). `spec.layers == "conv"` quantizes Conv2d layers
+    only (Linear layers stay float, as QT-DoG's); `spec.weight_only` (a_bits 32) leaves every
+    input float. The float model is left untouched.
     """
     quantized = copy.deepcopy(model)
     for name, (w_bits, a_bits) in layer_bits(quantized, spec).items():
@@ -38,19 +40,30 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
 
 def layer_bits(model: nn.Module, spec: QuantSpec) -> dict[str, tuple[int, int]]:
     """(weight bits, input bits) of every layer `quantize_model` quantizes, by module name."""
-    names = [name for name, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    edges = {names[0], names[-1]} if names else set()
+    modules = {name: type(m) for name, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)}
+    names = list(modules)
+    edges = {names[0], names[-1]} if names else set()  # stem and classifier, whichever layers are quantized
+    edge_a_bits = spec.a_bits if spec.weight_only else FIRST_LAST_8BIT
     bits = {}
     for name in names:
-        if name in edges and spec.first_last == "fp":
+        if (name in edges and spec.first_last == "fp") or (spec.layers == "conv" and modules[name] is nn.Linear):
             continue
         edge_8bit = name in edges and spec.first_last == "8bit"
-        bits[name] = (FIRST_LAST_8BIT, FIRST_LAST_8BIT) if edge_8bit else (spec.w_bits, spec.a_bits)
+        bits[name] = (FIRST_LAST_8BIT, edge_a_bits) if edge_8bit else (spec.w_bits, spec.a_bits)
     return bits
 
 
-def make_quantizers(spec: QuantSpec, w_bits: int, a_bits: int, channels: int) -> tuple[FakeQuantizer, FakeQuantizer]:
-    """The weight and input quantizers of one layer, as `spec.quantizer` pairs them."""
+def make_quantizers(
+    spec: QuantSpec, w_bits: int, a_bits: int, channels: int
+) -> tuple[FakeQuantizer, FakeQuantizer | nn.Identity]:
+    """The weight and input quantizers of one layer, as `spec.quantizer` pairs them; a weight-only
+    spec's input "quantizer" is the identity (QT-DoG's QuanConv2d passes its input through,
+    saqibjaved1/QT-DoG domainbed/quan/func.py l. 22-26)."""
+    w_quant, a_quant = _quantizer_pair(spec, w_bits, FIRST_LAST_8BIT if a_bits == FLOAT_BITS else a_bits, channels)
+    return w_quant, (nn.Identity() if a_bits == FLOAT_BITS else a_quant)
+
+
+def _quantizer_pair(spec: QuantSpec, w_bits: int, a_bits: int, channels: int) -> tuple[FakeQuantizer, FakeQuantizer]:
     per_channel = spec.w_per_channel
     if spec.observed:
         w_quant = ObserverQuantizer(

@@ -134,6 +134,7 @@ def needs_analysis(record: dict[str, Any] | None, config: AnalysisConfig | None)
         and not config.empty
         and record is not None
         and record.get("status") == "done"
+        and not record.get("members")  # an ensemble has no single model whose Hessian to measure
         and record.get("analysis.digest") != config.digest()
     )
 

@@ -38,6 +38,7 @@ from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
 from qatbench.runner import resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
+from qatbench.runner.ensemble import member_models
 from qatbench.runner.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "dataset_options": dict(spec.dataset_options),
             "model_options": dict(spec.model_options),
             "parent_run_id": spec.parent.run_id if spec.parent else None,
+            **({"members": [m.run_id for m in spec.members]} if spec.members else {}),
             "checkpoint": {"path": spec.checkpoint, "sha256": spec.hparams.get("sha256")} if spec.checkpoint else {},
             "curve_file": store.CURVE,
             "versions": {
@@ -196,18 +198,22 @@ def _train(
     workers = loader_workers(device, len(train_envs)) if dataset.train_transform else 0
     iterators = [train_stream(dataset, splits[i], spec, spec.seed * 1000 + i, device, workers) for i in train_envs]
 
-    model = build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
-    if spec.parent is not None:
-        model.load_state_dict(_parent_weights(spec.parent, results))
-    model = model.to(device)
     method_class = METHODS.get(spec.method)
+    ensemble = method_class.kind == "ensemble"
+    if ensemble:  # its members' finished models, each as it was trained (quantized or not)
+        model = torch.nn.ModuleList(member_models(spec, results, dataset, device))
+    else:
+        model = build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
+        if spec.parent is not None:
+            model.load_state_dict(_parent_weights(spec.parent, results))
+        model = model.to(device)
     teacher = None
     if method_class.needs_teacher:  # the frozen FP parent, before quantization
         if spec.parent is None:
             raise ValueError(f"method {spec.method} distils from a full-precision parent, and this run has none")
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     post_training = method_class.kind == "ptq"  # trains (or not) in float; quantized after training
-    if spec.quant is not None and not post_training:
+    if spec.quant is not None and not post_training and not ensemble:
         model = quantize_model(model, spec.quant)
         calibrate(model, calibration_data(dataset, splits, train_envs, spec, device))
     if spec.checkpoint is not None:  # trained elsewhere: its weights (and step sizes) replace all of the above
@@ -278,7 +284,8 @@ def _train(
         calibrate(method.model, calibration_data(dataset, splits, train_envs, spec, device))
         with open(folder / store.CURVE, "w") as curve:
             last_eval = _log_eval(curve, spec.steps, {}, method, dataset, splits, spec, device)
-    store.save_model(folder / store.MODEL, method.model)
+    if not ensemble:  # an ensemble is its members' model.pt files
+        store.save_model(folder / store.MODEL, method.model)
     accuracies = {k: v for k, v in last_eval.items() if k.endswith("_acc")}
     losses = {k: v for k, v in last_eval.items() if k not in accuracies and k != "step"}
     sizes = {
@@ -292,7 +299,7 @@ def _train(
         **sizes,
         "final_step": last_eval.get("step", 0),
         "resumed_from_step": start or None,  # a killed run that went on from its last checkpoint
-        "model_file": store.MODEL,
+        "model_file": None if ensemble else store.MODEL,
         "train": losses,
         "environments": dataset.environments,
         "n_params": sum(p.numel() for p in method.model.parameters()),
