@@ -5,6 +5,7 @@ weights on the per-channel grid, and the `W7A32` bit label through suites."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from qatbench.methods import METHODS
 from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
 from qatbench.quant.layers import QuantConv2d
+from qatbench.runner import run_one
+from qatbench.runner.analyze import load_weights
 from qatbench.runner.api import expand
 from tests.conftest import write_suite
 
@@ -32,12 +35,12 @@ methods:
   - {{name: qtdog{extra}}}
 bits: [{bits}]
 seeds: [0]
-training: {{steps: 12, batch_size: 8, eval_every: 4, eval_batch_size: 4096}}
+training: {{steps: {steps}, batch_size: 8, eval_every: 4, eval_batch_size: 4096}}
 """
 
 
-def _qtdog_spec(tmp_path, bits="W7A32", extra=""):
-    suite = qatbench.load_suite(write_suite(tmp_path, QTDOG_SUITE.format(bits=bits, extra=extra)))
+def _qtdog_spec(tmp_path, bits="W7A32", extra="", steps=2400):
+    suite = qatbench.load_suite(write_suite(tmp_path, QTDOG_SUITE.format(bits=bits, extra=extra, steps=steps)))
     return next(s for s in expand(suite) if s.method == "qtdog")
 
 
@@ -134,3 +137,39 @@ def test_weight_only_composes_with_per_channel_zero_point_weights():
         levels = _per_channel_levels(layer)
         torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
         assert levels.round().min() >= 0 and levels.round().max() <= 15  # unsigned levels around a per-channel zero point
+
+
+def test_qtdog_is_erm_bit_for_bit_until_q_steps_then_quantized_on_the_grid(tmp_path):
+    suite = qatbench.load_suite(
+        write_suite(tmp_path, QTDOG_SUITE.format(bits="W7A32", extra=", hparams: {lr: 0.01, q_steps: 8}", steps=12))
+    )
+    erm, qtdog = expand(suite)
+    assert qtdog.parent is None and (qtdog.protocol.name, qtdog.protocol.switch_at) == ("switch_at", 8)
+    assert qtdog.protocol.fp_method == "erm" and dict(qtdog.protocol.fp_hparams) == dict(erm.hparams)
+    results = tmp_path / "results"
+    records = {spec.method: run_one(spec, results, progress=False) for spec in (erm, qtdog)}
+    assert all(r["status"] == "done" for r in records.values()), records
+    assert records["qtdog"]["switched_at_step"] == 8 and records["qtdog"]["bits"] == "W7A32"
+    curves = {
+        method: [json.loads(line) for line in (results / "qt" / spec.run_id / "curve.jsonl").read_text().splitlines()]
+        for method, spec in (("erm", erm), ("qtdog", qtdog))
+    }
+    assert [row["step"] for row in curves["qtdog"]] == [4, 8, 12]
+    assert curves["qtdog"][:2] == curves["erm"][:2]  # float steps 1..8: erm's, every number equal
+    assert curves["qtdog"][2] != curves["erm"][2]  # steps 9..12: quantized
+    model = quantize_model(build_model("small_cnn", (1, 28, 28), 10, {"width": 4}), qtdog.quant)
+    load_weights(model, results / "qt" / qtdog.run_id / "model.pt")
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+    assert convs and all(type(m.a_quant) is nn.Identity for m in convs)
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+    for layer in convs:
+        levels = _per_channel_levels(layer)
+        torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
+        assert levels.round().min() >= -64 and levels.round().max() <= 63
+
+
+def test_qtdog_switch_step_is_its_hparam_not_a_protocol(tmp_path):
+    with pytest.raises(UserError, match=r"methods\[1\]\.protocol: method 'qtdog' switches quantization on at its hparam `q_steps`"):
+        _qtdog_spec(tmp_path, extra=", protocol: {switch_at: 4}")
+    with pytest.raises(UserError, match=r"methods\[1\]\.hparams\.q_steps: q_steps 2000 leaves no quantized steps"):
+        _qtdog_spec(tmp_path, steps=12)  # the default 2,000 in a run of 12 steps

@@ -32,6 +32,14 @@ class Catalog(Protocol):
         """The quantizers the method can train (None: any)."""
         ...
 
+    def method_switch_hparam(self, name: str) -> str | None:
+        """The hparam whose value is the method's `switch_at` step (QT-DoG's `q_steps`), or None."""
+        ...
+
+    def method_protocols(self, name: str) -> tuple[str, ...]:
+        """The protocols (config/protocol.py) the method can train under (empty: it takes none)."""
+        ...
+
     def method_hparams(self, name: str) -> type:
         """The frozen dataclass of the method's hyperparameters (defaults = paper values)."""
         ...

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from qatbench.config.catalog import Catalog
 from qatbench.config.checkpoints import check_architecture, checkpoint_files, checkpoint_quant, file_sha256
+from qatbench.config.protocol import FROM_FP_RUN, SWITCH_AT, Protocol, parse_protocol
 from qatbench.config.spec import OBSERVERS, QUANTIZERS, SWITCHES, QuantSpec, RunSpec, parse_bits
 from qatbench.config.suite import DatasetEntry, MethodEntry, Suite
 from qatbench.errors import UserError, allowed_list, did_you_mean
@@ -68,7 +69,8 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
                 f"{blame(['methods', i, 'steps'])}: method '{entry.name}' does not train (it quantizes the "
                 f"full-precision parent after training); drop `steps`"
             )
-        same = repr((entry.name, sorted(hparams.items()), entry.steps, quant))
+        protocol = _check_protocol(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame, i)
+        same = repr((entry.name, sorted(hparams.items()), entry.steps, quant, protocol))
         if same in runs:
             raise UserError(
                 f"{blame(['methods', i])}: runs exactly what methods[{runs[same]}] runs; "
@@ -167,6 +169,58 @@ def _check_quant(suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry
         own = set(entry.quant.model_dump(exclude_none=True))
         where = blame_entry(["quant"]) if own else blame(["quant"])
         raise UserError(f"{where}: {exc} (method '{entry.name}' uses quantizer '{fields['quantizer']}')") from None
+
+
+def entry_protocol(suite: Suite, entry: MethodEntry, catalog: Catalog) -> tuple[str, int]:
+    """(name, N) of the protocol an entry trains under: its own `protocol`, else the suite's for
+    QAT entries, else from_fp_run (PTQ entries always quantize their FP parent after training)."""
+    switch_hparam = catalog.method_switch_hparam(entry.name)
+    if switch_hparam is not None:  # the method's own switch step, an hparam (QT-DoG's q_steps)
+        hparams = resolve_hparams(catalog.method_hparams(entry.name), entry.hparams, lambda key: "suite")
+        return SWITCH_AT, hparams[switch_hparam]
+    value = entry.protocol
+    if value is None and catalog.method_kind(entry.name) == "qat":
+        value = suite.protocol
+    return parse_protocol(value) if value is not None else (FROM_FP_RUN, 0)
+
+
+def _check_protocol(
+    suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry: Blame, blame: Blame, index: int
+) -> tuple[str, int]:
+    switch_hparam = catalog.method_switch_hparam(entry.name)
+    if switch_hparam is not None and entry.protocol is not None:
+        raise UserError(
+            f"{blame_entry(['protocol'])}: method '{entry.name}' switches quantization on at its hparam "
+            f"`{switch_hparam}`; set hparams.{switch_hparam} instead of `protocol`"
+        )
+    name, switch_at = entry_protocol(suite, entry, catalog)
+    own = entry.protocol is not None or switch_hparam is not None
+    where = blame_entry(["hparams", switch_hparam] if switch_hparam else ["protocol"]) if own else blame(["protocol"])
+    allowed = catalog.method_protocols(entry.name)
+    if own and not allowed:
+        raise UserError(
+            f"{where}: method '{entry.name}' quantizes nothing while it trains; `protocol` applies to QAT methods"
+        )
+    if name not in allowed and (own or catalog.method_kind(entry.name) == "qat"):
+        fix = "" if own else f"; give methods[{index}] its own `protocol`"
+        raise UserError(
+            f"{where}: method '{entry.name}' (methods[{index}]) trains under the protocols "
+            f"{allowed_list(list(allowed))} only, not '{name}'{fix}"
+        )
+    steps = entry.steps if entry.steps is not None else suite.training.steps
+    if name == SWITCH_AT and switch_at >= steps:
+        raise UserError(
+            f"{where}: {switch_hparam or 'switch_at'} {switch_at} leaves no quantized steps in a run of {steps} "
+            f"steps (methods[{index}]); it must be below the run's steps"
+        )
+    return name, switch_at
+
+
+def _protocol(name: str, switch_at: int, fp_parent: RunSpec) -> Protocol:
+    """The run's Protocol; a switch trains its float steps with the suite's parent method."""
+    if name == SWITCH_AT:
+        return Protocol(name, switch_at, fp_method=fp_parent.method, fp_hparams=dict(fp_parent.hparams))
+    return Protocol(name)
 
 
 def _check_name(name: str, allowed: list[str], kind: str, where: str) -> None:
@@ -343,9 +397,12 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                             specs.append(_spec(method, catalog, common, steps, quant=None, parent=None))
                             continue
                         method_steps = steps if catalog.method_trains(method.name) else 0
+                        protocol = _protocol(*entry_protocol(suite, method, catalog), fp_parent)
+                        run_parent = fp_parent if protocol.needs_parent else None
                         for w_bits, a_bits in bit_pairs:
                             quant = QuantSpec(w_bits, a_bits, **quant_fields(suite, method, catalog))
-                            specs.append(_spec(method, catalog, common, method_steps, quant=quant, parent=fp_parent))
+                            spec = _spec(method, catalog, common, method_steps, quant=quant, parent=run_parent)
+                            specs.append(replace(spec, protocol=protocol))
     return _unique(specs + _ensemble_specs(suite, specs, catalog))
 
 
@@ -373,6 +430,7 @@ def _ensemble_specs(suite: Suite, specs: list[RunSpec], catalog: Catalog) -> lis
                     hparams=hparams,
                     steps=0,
                     parent=None,
+                    protocol=Protocol(),  # trains nothing: the members' protocol is theirs
                     members=members,
                     checkpoint=None,
                 )

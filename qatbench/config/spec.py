@@ -15,6 +15,8 @@ from pathlib import PurePath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from qatbench.config.protocol import Protocol
+
 if TYPE_CHECKING:
     from qatbench.config.analysis import AnalysisConfig
 
@@ -153,6 +155,7 @@ class RunSpec:
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     model_options: Mapping[str, Any] = field(default_factory=dict)
     parent: RunSpec | None = None
+    protocol: Protocol = field(default_factory=Protocol)  # how quantization meets training (config/protocol.py)
     members: tuple[RunSpec, ...] = ()  # an ensemble's runs, whose averaged softmax it evaluates
     # not semantic: where and how it is shown, never part of the id
     suite: str = field(default="", compare=False)
@@ -189,11 +192,13 @@ class RunSpec:
         return self.quant.label if self.quant else "FP"
 
     def semantic(self) -> dict[str, Any]:
-        """The fields that define the experiment, as plain JSON-able values (an ensemble's member
-        run ids enter only for ensembles, so that every other run keeps its id)."""
-        members = {"members": [m.run_id for m in self.members]} if self.members else {}
+        """The fields that define the experiment, as plain JSON-able values (the protocol only
+        when it is not the default, so runs finished before protocols existed keep their ids; an
+        ensemble's member run ids only for ensembles)."""
+        protocol = self.protocol.identity()
         return {
-            **members,
+            **({"protocol": protocol} if protocol is not None else {}),
+            **({"members": [m.run_id for m in self.members]} if self.members else {}),
             "method": self.method,
             "hparams": dict(self.hparams),
             "dataset": self.dataset,

@@ -17,6 +17,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from qatbench.config.analysis import AnalysisConfig
+from qatbench.config.protocol import parse_protocol
 from qatbench.config.spec import (
     A_INITS,
     DEFAULT_PERCENTILE,
@@ -55,6 +56,16 @@ def _name_only(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
+def _check_protocol(value: Any) -> Any:
+    if value is not None:
+        parse_protocol(value)
+    return value
+
+
+# 'from_fp_run' | 'from_pretrained' | {switch_at: N}: how quantization meets training (config/protocol.py)
+ProtocolSetting = Annotated[Any, BeforeValidator(_check_protocol)]
+
+
 class QuantOverrides(_Strict):
     """Per-method changes to the suite's `quant` section (to compare LSQ's switches, say)."""
 
@@ -75,6 +86,7 @@ class MethodEntry(_Strict):
     hparams: dict[str, Any] = Field(default_factory=dict)
     steps: int | None = Field(default=None, ge=0)  # overrides training.steps for this method
     quant: QuantOverrides = Field(default_factory=QuantOverrides)  # overrides the suite's quant section
+    protocol: ProtocolSetting = None  # QAT methods: overrides the suite's `protocol`
     # method `checkpoint` only: a model trained elsewhere, evaluated (and analysed) like a run. One
     # file, or one per seed of the suite; a qatbench model.pt brings its QuantSpec in its record.json
     checkpoint: str | list[str] | None = None
@@ -179,6 +191,9 @@ class Suite(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     # the full-precision run a QAT method starts from; default: the suite's `erm` entry
     parent: MethodEntry | None = None
+    # how QAT entries meet training (config/protocol.py); None: from_fp_run. PTQ entries always
+    # quantize their FP parent after training, whatever this says
+    protocol: ProtocolSetting = None
     data_root: str | None = None
     analysis: AnalysisConfig | None = None  # sharpness analyses of every finished run
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)  # resources of `--launcher slurm`

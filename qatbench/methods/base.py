@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from qatbench.config.protocol import FROM_FP_RUN, PROTOCOLS
 from qatbench.config.spec import QuantSpec
 
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -36,6 +37,8 @@ class Method:
     quant_fixed: ClassVar[Mapping[str, Any]] = {}  # QuantSpec fields the method needs ({"quantizer": "pact"})
     quantizers_allowed: ClassVar[tuple[str, ...] | None] = None  # None: any quantizer
     needs_teacher: ClassVar[bool] = False  # the runner hands over the frozen FP parent as `teacher`
+    # a method that always trains under `switch_at: N` names the hparam holding N (QT-DoG: q_steps)
+    switch_hparam: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -53,6 +56,16 @@ class Method:
         self.teacher = teacher
         self.quant = quant
         self.total_steps = max(int(total_steps), 1)
+
+    @classmethod
+    def protocols(cls) -> tuple[str, ...]:
+        """The protocols (config/protocol.py) the method can train under. A QAT method starts from
+        an FP run, the pretrained model or a switch; one that distils from the FP parent
+        (`needs_teacher`) has its teacher only from an FP run; a PTQ method quantizes its FP parent
+        after training; FP and checkpoint methods quantize nothing while training."""
+        if cls.kind == "qat" and cls.trains and not cls.needs_teacher:
+            return PROTOCOLS
+        return (FROM_FP_RUN,) if cls.kind in ("qat", "ptq") else ()
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         raise NotImplementedError

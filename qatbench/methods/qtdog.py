@@ -4,7 +4,8 @@ Javed, Le, Salzmann, "QT-DoG: Quantization-aware Training for Domain Generalizat
 (arXiv:2410.06020). Official code: saqibjaved1/QT-DoG at commit e9d55eb (a DomainBed/SWAD fork with
 zhutmost/lsq-net's LSQ); file and line numbers below are of that commit.
 
-1. steps 1..q_steps: ERM in full precision (the suite's parent entry, `erm`), one run
+1. steps 1..q_steps: ERM in full precision (the suite's parent entry, `erm`), one run: the
+   protocol `switch_at: q_steps` (qatbench/config/protocol.py), which `q_steps` sets
 2. at step q_steps every nn.Conv2d becomes a quantized conv (trainer.py l. 163-167; func.py
    l. 49-52 maps nn.Conv2d alone, Linear stays float): LSQ weights, 7 bits, one step per output
    channel (config_q.yaml l. 23-27), started at 2 mean|w| / sqrt(Q_P) from the weights at the
@@ -36,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from qatbench.config.protocol import SWITCH_AT
 from qatbench.methods.base import require
 from qatbench.methods.erm import ERM
 from qatbench.methods.registry import METHODS
@@ -76,6 +78,11 @@ class QTDoG(ERM):
     HParams = QtdogHParams
     quant_fixed = QTDOG_QUANT
     quantizers_allowed = ("lsq",)
+    switch_hparam = "q_steps"  # protocol switch_at: q_steps (qatbench/config/protocol.py)
+
+    @classmethod
+    def protocols(cls) -> tuple[str, ...]:
+        return (SWITCH_AT,)
 
     def effective_hparams(self) -> dict[str, Any]:
         return {**super().effective_hparams(), "q_steps": self.hparams.q_steps}

@@ -4,6 +4,9 @@
     -> Method -> `steps` updates, evaluating every split every `eval_every` steps
     -> model.pt, curve.jsonl, record.json (last)
 
+A `switch_at: N` run (runner/protocols.py) trains its first N steps in float with the suite's
+parent method and quantizes + calibrates the weights it has then, before update N + 1.
+
 A run that raises is recorded as `failed` with its error (traceback in error.log); a run whose
 loss stops being finite is recorded as `diverged`. Either way the sweep goes on.
 """
@@ -36,7 +39,7 @@ from qatbench.errors import UserError
 from qatbench.methods import METHODS
 from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
-from qatbench.runner import resume, store
+from qatbench.runner import protocols, resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
 from qatbench.runner.ensemble import member_models
 from qatbench.runner.evaluate import evaluate
@@ -147,6 +150,7 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "dataset_options": dict(spec.dataset_options),
             "model_options": dict(spec.model_options),
             "parent_run_id": spec.parent.run_id if spec.parent else None,
+            "protocol": spec.protocol.label,
             **({"members": [m.run_id for m in spec.members]} if spec.members else {}),
             "checkpoint": {"path": spec.checkpoint, "sha256": spec.hparams.get("sha256")} if spec.checkpoint else {},
             "curve_file": store.CURVE,
@@ -213,15 +217,26 @@ def _train(
             raise ValueError(f"method {spec.method} distils from a full-precision parent, and this run has none")
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     post_training = method_class.kind == "ptq"  # trains (or not) in float; quantized after training
-    if spec.quant is not None and not post_training and not ensemble:
+    switch_at = spec.protocol.switch_at  # 0: quantized from the start (PTQ: after training)
+    float_first = switch_at > 0 and (checkpoint is None or int(checkpoint["step"]) <= switch_at)
+    calibration = lambda: calibration_data(dataset, splits, train_envs, spec, device)  # noqa: E731
+    if spec.quant is not None and not post_training and not float_first and not ensemble:
         model = quantize_model(model, spec.quant)
-        calibrate(model, calibration_data(dataset, splits, train_envs, spec, device))
+        calibrate(model, calibration())
     if spec.checkpoint is not None:  # trained elsewhere: its weights (and step sizes) replace all of the above
         load_weights(model, Path(spec.checkpoint))
         model = model.to(device)
-    method = method_class(
-        model, dataset.num_classes, spec.hparams, teacher=teacher, quant=spec.quant, total_steps=spec.steps
-    )
+    if float_first:
+        method = protocols.float_method(spec, model, dataset.num_classes)
+    else:
+        method = method_class(
+            model,
+            dataset.num_classes,
+            spec.hparams,
+            teacher=teacher,
+            quant=spec.quant,
+            total_steps=spec.steps - switch_at,
+        )
     start = 0
     if checkpoint is not None:  # weights and method state now; the data is replayed, then the RNG set
         try:
@@ -233,10 +248,11 @@ def _train(
             for _ in range(start):
                 next(it)
         resume.set_rng_state(checkpoint["rng"])
-    compiled = should_compile(spec, device) and method_class.compilable
+    compiled = should_compile(spec, device) and method_class.compilable and type(method).compilable
     if compiled:
         model.compile()  # in place: the module, its names and its state_dict stay as they are
     method.train()
+    first_compiled_step = start + 1
 
     curve_path = folder / (store.FLOAT_CURVE if post_training else store.CURVE)
     step_times: list[float] = list(checkpoint["step_times"]) if checkpoint is not None else []
@@ -258,9 +274,12 @@ def _train(
         if spec.steps == 0:
             last_eval = _log_eval(curve, 0, {}, method, dataset, splits, spec, device)
         for step in range(start + 1, spec.steps + 1):
+            if float_first and step == switch_at + 1:
+                method = protocols.switch(method, spec, dataset.num_classes, calibration(), compiled)
+                float_first, first_compiled_step = False, step
             t0 = time.perf_counter()
             minibatches = [tuple(t.to(device, non_blocking=True) for t in next(it)) for it in iterators]
-            if compiled and step == start + 1:
+            if compiled and step == first_compiled_step:
                 losses, compiled = _first_compiled_update(method, minibatches)
             else:
                 losses = method.update(minibatches)
@@ -306,6 +325,7 @@ def _train(
         "effective_hparams": method.effective_hparams(),
         "method_state": method.summary(),
         "compiled": compiled,
+        "switched_at_step": switch_at or None,  # switch_at runs: float updates before quantization
         "step_time_s": float(np.median(step_times)) if step_times else 0.0,
         "loader_workers": workers,
         "data_skipped_n": len(dataset.skipped),  # unreadable image files left out

@@ -1,0 +1,206 @@
+"""Protocols (config/protocol.py): where quantization starts. A `switch_at` run is its FP run until
+the switch, then quantizes the weights it has with step sizes calibrated on them; `from_pretrained`
+has no parent; the default keeps the ids of runs finished before protocols existed; a protocol a
+method cannot train under is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from qatbench.config import QuantSpec, RunSpec
+from qatbench.config.protocol import Protocol
+from qatbench.methods import METHODS
+from qatbench.models import build_model
+from qatbench.quant import QuantConv2d, QuantLinear, step_parameters
+from qatbench.runner import api, protocols, store
+from qatbench.runner.sweep import plan
+from tests.conftest import ROOT, run_cli, write_suite
+
+SUITE = """\
+name: proto
+datasets: [{name: RotatedMNIST, test_envs: [0]}]
+models: [{name: small_cnn, options: {width: 4}}]
+methods:
+  - {name: erm, hparams: {lr: 0.01}}
+  - {name: lsq, protocol: {switch_at: 3}}
+bits: [W4A4]
+seeds: [0]
+training: {steps: 6, batch_size: 8, eval_every: 3, eval_batch_size: 1024, checkpoint_every: 0}
+"""
+
+
+def _curve(results: Path, record: dict) -> list[dict]:
+    return [json.loads(line) for line in (results / "proto" / record["run_id"] / store.CURVE).read_text().splitlines()]
+
+
+def test_switch_at_run_is_its_fp_run_until_the_switch_then_trains_quantized(tmp_path):
+    results = tmp_path / "results"
+    suite = api.load_suite(write_suite(tmp_path, SUITE))
+    records = {r["label"]: r for r in api.run(suite, results, progress=False).records}
+    assert {r["status"] for r in records.values()} == {"done"}, records
+    erm, switched = records["erm"], records["lsq"]
+    erm_curve, switch_curve = _curve(results, erm), _curve(results, switched)
+    assert [row["step"] for row in switch_curve] == [3, 6]
+    assert switch_curve[0] == erm_curve[0]  # loss and every accuracy at step 3, bit for bit
+    assert switch_curve[1]["loss"] != erm_curve[1]["loss"]
+    assert switched["protocol"] == "switch_at:3" and switched["switched_at_step"] == 3
+    assert switched["parent_run_id"] is None
+    weights = torch.load(results / "proto" / switched["run_id"] / store.MODEL, weights_only=True)
+    assert any(key.endswith("w_quant.step") for key in weights)
+    assert sorted(r["steps"] for r in records.values()) == [6, 6]  # no FP parent of 0 steps, no second FP run
+
+
+def test_from_pretrained_quantizes_the_model_as_built_with_no_parent_run(tmp_path):
+    text = SUITE.replace("protocol: {switch_at: 3}", "protocol: from_pretrained")
+    specs = api.expand(api.load_suite(write_suite(tmp_path, text)))
+    quantized = [s for s in specs if s.quant is not None]
+    assert len(quantized) == 1 and quantized[0].parent is None
+    assert quantized[0].semantic()["protocol"] == {"name": "from_pretrained"}
+    assert [s.method for s in plan(specs)] == ["erm", "lsq"]  # no parent run added
+
+
+def _spec(switch_at: int) -> RunSpec:
+    fp = {"optimizer": "adam", "lr": 5e-5, "weight_decay": 0.0, "momentum": 0.9, "schedule": "constant"}
+    return RunSpec(
+        method="lsq",
+        dataset="RotatedMNIST",
+        test_envs=(0,),
+        model="small_cnn",
+        seed=0,
+        steps=10,
+        batch_size=4,
+        eval_every=5,
+        data_seed=0,
+        holdout_fraction=0.2,
+        quant=QuantSpec(4, 4),
+        protocol=Protocol("switch_at", switch_at, fp_method="erm", fp_hparams=fp),
+    )
+
+
+def test_switch_calibrates_step_sizes_on_the_weights_it_has_and_gives_them_a_fresh_optimizer():
+    torch.manual_seed(0)
+    spec = _spec(switch_at=3)
+    model = build_model("small_cnn", (1, 28, 28), 10, {"width": 4})
+    float_run = protocols.float_method(spec, model, 10)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        float_run.update([(x, y)])
+    weights_at_switch = {name: p.detach().clone() for name, p in model.named_parameters() if name.endswith("weight")}
+    method = protocols.switch(float_run, spec, 10, [x], compiled=False)
+
+    layers = {n: m for n, m in method.model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)}
+    assert layers
+    for name, layer in layers.items():
+        q_p = 2 ** (layer.w_quant.bits - 1) - 1  # signed weights: 7 at 4 bits, 127 for the 8-bit edges
+        expected = 2 * weights_at_switch[f"{name}.weight"].abs().mean() / math.sqrt(q_p)  # LSQ's init
+        assert torch.allclose(layer.w_quant.step, expected), name
+        assert layer.a_quant.initialized
+    in_optimizer = {id(p) for group in method.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in step_parameters(method.model)} <= in_optimizer
+    assert {id(p) for p in method.model.parameters()} <= in_optimizer
+    assert not method.optimizer.state  # fresh: no momentum carried over from the float steps
+    assert method.total_steps == spec.steps - 3  # the cosine schedule spans the quantized steps
+    assert not any(isinstance(m, QuantConv2d) for m in float_run.model.modules())  # float model untouched
+
+
+def test_default_protocol_keeps_the_ids_of_committed_runs():
+    suite = api.load_suite(ROOT / "suites" / "rotmnist_zoo.yaml")
+    finished = {p.name for p in (ROOT / "results" / "rotmnist_zoo").iterdir() if p.is_dir()}
+    specs = api.expand(suite)
+    quantized = [s for s in specs if s.quant is not None]
+    assert quantized and all("protocol" not in s.semantic() for s in specs)
+    assert {s.run_id for s in quantized} & finished == {s.run_id for s in quantized}
+
+
+def test_protocols_enter_the_run_id_with_the_float_method_of_a_switch():
+    ids = {_spec(3).run_id, _spec(4).run_id, RunSpec(**{**_spec(3).__getstate__(), "protocol": Protocol()}).run_id}
+    assert len(ids) == 3
+    other_fp = _spec(3).__getstate__()
+    other_fp["protocol"] = Protocol("switch_at", 3, fp_method="erm", fp_hparams={"lr": 1e-3})
+    assert RunSpec(**other_fp).run_id != _spec(3).run_id
+
+
+def test_methods_say_which_protocols_they_train_under():
+    assert METHODS.get("lsq").protocols() == ("from_fp_run", "from_pretrained", "switch_at")
+    assert METHODS.get("kd").protocols() == ("from_fp_run",)  # its teacher is the FP run
+    assert METHODS.get("ptq").protocols() == ("from_fp_run",)
+    assert METHODS.get("erm").protocols() == ()
+
+
+BAD = """\
+name: bad
+datasets: [{{name: RotatedMNIST, test_envs: [0]}}]
+models: [{{name: small_cnn}}]
+methods: [{methods}]
+{extra}training: {{steps: 10}}
+"""
+
+
+@pytest.mark.parametrize(
+    "methods, extra, message",
+    [
+        ("{name: erm, protocol: from_pretrained}", "", "methods[0].protocol: method 'erm' quantizes nothing"),
+        ("erm, {name: kd, protocol: {switch_at: 5}}", "", "methods[1].protocol: method 'kd' (methods[1]) trains"),
+        ("erm, kd", "protocol: from_pretrained\n", "protocol: method 'kd' (methods[1]) trains under the protocols"),
+        ("erm, {name: lsq, protocol: {switch_at: 10}}", "", "switch_at 10 leaves no quantized steps"),
+        ("erm, {name: lsq, protocol: {switch_at: 0}}", "", "protocol must be 'from_fp_run', 'from_pretrained' or"),
+        ("erm, {name: lsq, protocol: at_step_5}", "", "protocol must be 'from_fp_run'"),
+        ("erm, {name: ptq, protocol: from_pretrained}", "", "method 'ptq' (methods[1]) trains under the protocols"),
+    ],
+)
+def test_a_protocol_a_method_cannot_use_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, methods, extra, message):
+    from qatbench.cli import main
+
+    suite = write_suite(tmp_path, BAD.format(methods=methods, extra=extra))
+    results = tmp_path / "results"
+    assert main(["run", str(suite), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and str(suite) in err, err
+    assert not results.exists()
+
+
+def test_a_protocol_on_a_full_precision_method_fails_in_a_fresh_cli_process(tmp_path):
+    suite = write_suite(tmp_path, BAD.format(methods="{name: erm, protocol: {switch_at: 5}}", extra=""))
+    results = tmp_path / "results"
+    done = run_cli("run", str(suite), "--results", str(results))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"qatbench: error: {suite}: methods[0].protocol: method 'erm' quantizes nothing while it trains; "
+        "`protocol` applies to QAT methods"
+    ]
+    assert not results.exists()
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_at", [2, 4])  # before and after the switch at 3
+def test_a_killed_switch_at_run_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch, killed_at):
+    from qatbench.runner import resume
+    from tests.test_resume import _same
+
+    text = SUITE.replace("methods:\n  - {name: erm, hparams: {lr: 0.01}}\n", "parent: {name: erm}\nmethods:\n")
+    suite = api.load_suite(write_suite(tmp_path, text.replace("checkpoint_every: 0", "checkpoint_every: 2")))
+    straight = api.run(suite, tmp_path / "straight", progress=False).records[0]
+    save = resume.save
+
+    def killed(folder, step, *args):
+        save(folder, step, *args)
+        if step == killed_at and not (folder / "killed-once").exists():
+            (folder / "killed-once").touch()
+            raise Killed("the process died here")
+
+    monkeypatch.setattr(resume, "save", killed)
+    assert api.run(suite, tmp_path / "resumed", progress=False).records[0]["status"] == "failed"
+    again = api.run(suite, tmp_path / "resumed", progress=False).records[0]
+    assert again["status"] == "done" and again["resumed_from_step"] == killed_at
+    assert _curve(tmp_path / "resumed", again) == _curve(tmp_path / "straight", straight)
+    folders = [d / "proto" / straight["run_id"] for d in (tmp_path / "resumed", tmp_path / "straight")]
+    assert _same(*(torch.load(f / store.MODEL, weights_only=False) for f in folders))  # bit for bit
