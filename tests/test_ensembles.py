@@ -13,10 +13,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import qatbench
+from qatbench.config.analysis import AnalysisConfig, HessianConfig
 from qatbench.errors import UserError
 from qatbench.methods import METHODS
 from qatbench.methods.ensemble import ensemble_scores
 from qatbench.runner import run_one, store
+from qatbench.runner.analyze import analyze_run
 from qatbench.runner.api import expand
 from qatbench.runner.evaluate import count_correct
 from qatbench.runner.sweep import plan
@@ -103,7 +105,10 @@ def test_an_ensemble_run_of_one_member_equals_that_member(tmp_path):
     assert {k: record[k] for k in accuracies} == {k: member[k] for k in accuracies}
     assert record["members"] == [erm.run_id] and record["model_file"] is None and record["steps"] == 0
     assert record["bits"] == "FP" and record["label"] == "erm_ensemble"
-    assert not (store.run_dir(results, "ens", ensemble.run_id) / store.MODEL).exists()
+    folder = store.run_dir(results, "ens", ensemble.run_id)
+    assert not (folder / store.MODEL).exists()
+    with pytest.raises(UserError, match="an ensemble of 1 runs has no single model to analyse"):
+        analyze_run(folder, AnalysisConfig(hessian=HessianConfig()))
 
 
 def test_ensemble_members_are_every_seed_and_come_first_in_the_plan(tmp_path):
