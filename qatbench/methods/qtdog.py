@@ -10,8 +10,9 @@ zhutmost/lsq-net's LSQ); file and line numbers below are of that commit.
    l. 49-52 maps nn.Conv2d alone, Linear stays float): LSQ weights, 7 bits, one step per output
    channel (config_q.yaml l. 23-27), started at 2 mean|w| / sqrt(Q_P) from the weights at the
    switch (quantizer/lsq.py l. 41-44); the conv's input passes through unchanged (func.py l. 22-26)
-3. steps q_steps+1..steps: ERM's loss and optimiser on the quantized model, the weights trained
-   through the straight-through estimator and the step sizes with them (paper Sec. 3)
+3. steps q_steps+1..steps: ERM's loss and optimiser on the quantized model, the latent weights
+   trained through the straight-through estimator and the step sizes with them (LSQ training;
+   the code's optimiser sees neither, below)
 
 How the code was read, and where qatbench departs from it:
 - `symmetric: false` in config_q.yaml is lsq-net's name for the full two's-complement range
@@ -21,11 +22,12 @@ How the code was read, and where qatbench departs from it:
   (`featurizer.network.conv1`), so the stem is quantized like every conv: `first_last: same`.
 - the code builds its optimiser once, before the switch; the quantized convs hold new Parameter
   objects (func.py l. 17, `Parameter(m.weight.detach())`) and new step sizes that it never sees, so
-  after the switch only BN and the classifier train (conv weights get Adam's decaying momentum
-  with zero gradients). qatbench follows the paper: a fresh optimiser over every parameter at the
+  after the switch only BN and the classifier train (under the README's PyTorch 1.10, zero_grad
+  leaves zero gradients on the old conv weights, which then move by Adam's decaying momentum only). qatbench follows the paper: a fresh optimiser over every parameter at the
   switch (RECONSTRUCTION: the paper does not say whether the optimiser's state carries over).
 - config.yaml turns SWAD on (`swad: LossValley`) and trainer.py l. 168-172 restarts it at the
-  switch; qatbench has no SWAD, so `qtdog` is the plain model after `steps` (named in the report).
+  switch; qatbench has no SWAD, so `qtdog` is the plain model after `steps` (suites/references/qtdog.csv
+  says so beside the README's numbers).
 - ERM's hparams are DomainBed's ResNet defaults (Adam, lr 5e-5, no weight decay:
   domainbed/hparams_registry.py l. 20-38); the code's steps: 5,001 for PACS (datasets.py l. 41).
 
