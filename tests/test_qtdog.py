@@ -33,6 +33,7 @@ models:
 methods:
   - {{name: erm, hparams: {{lr: 0.01}}}}
   - {{name: qtdog{extra}}}
+  - {{name: eoq}}
 bits: [{bits}]
 seeds: [0]
 training: {{steps: {steps}, batch_size: 8, eval_every: 4, eval_batch_size: 4096}}
@@ -143,7 +144,7 @@ def test_qtdog_is_erm_bit_for_bit_until_q_steps_then_quantized_on_the_grid(tmp_p
     suite = qatbench.load_suite(
         write_suite(tmp_path, QTDOG_SUITE.format(bits="W7A32", extra=", hparams: {lr: 0.01, q_steps: 8}", steps=12))
     )
-    erm, qtdog = expand(suite)
+    erm, qtdog, eoq = (next(s for s in expand(suite) if s.method == m) for m in ("erm", "qtdog", "eoq"))
     assert qtdog.parent is None and (qtdog.protocol.name, qtdog.protocol.switch_at) == ("switch_at", 8)
     assert qtdog.protocol.fp_method == "erm" and dict(qtdog.protocol.fp_hparams) == dict(erm.hparams)
     results = tmp_path / "results"
@@ -166,6 +167,12 @@ def test_qtdog_is_erm_bit_for_bit_until_q_steps_then_quantized_on_the_grid(tmp_p
         levels = _per_channel_levels(layer)
         torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
         assert levels.round().min() >= -64 and levels.round().max() <= 63
+    # EoQ of this one member: its model.pt rebuilt weight-only and conv-only, the member's accuracies
+    assert eoq.members == (qtdog,) and eoq.bits_label == "W7A32" and eoq.protocol.name == "from_fp_run"
+    ensemble = run_one(eoq, results, progress=False)
+    accuracies = [k for k, v in records["qtdog"].items() if k.endswith("_acc") and v is not None]
+    assert ensemble["status"] == "done" and len(accuracies) >= 20
+    assert {k: ensemble[k] for k in accuracies} == {k: records["qtdog"][k] for k in accuracies}
 
 
 def test_qtdog_switch_step_is_its_hparam_not_a_protocol(tmp_path):

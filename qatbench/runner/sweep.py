@@ -25,7 +25,7 @@ def plan(specs: list[RunSpec]) -> list[RunSpec]:
     """Every run once: runs without a parent (the FP parents among them), then those with one, then
     ensembles, whose members (and their parents) come along even when only the ensemble was asked for."""
     members = [m for s in specs for m in s.members]
-    runs = [s.parent for s in [*members, *specs] if s.parent is not None] + members + list(specs)
+    runs = [s.parent for s in [*specs, *members] if s.parent is not None] + list(specs) + members
     ordered: dict[str, RunSpec] = {}
     for spec in sorted(runs, key=lambda s: (bool(s.members), s.parent is not None)):  # stable sort
         ordered.setdefault(spec.run_id, spec)
