@@ -15,8 +15,8 @@ from qatbench.cli import main
 from tests.conftest import TINY_SUITE, run_cli, write_suite
 
 ALL_METHODS = (
-    "asam, checkpoint, cr, dnq, dorefa, erm, fpq, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, lsq_sam, mec, "
-    "pact, ptq, sagm, sam"
+    "asam, checkpoint, cr, dnq, dorefa, ensemble, eoq, erm, fpq, fqat, gam, gaqat, kd, lsq, lsq_plus, lsq_sagm, "
+    "lsq_sam, mec, pact, ptq, qtdog, sagm, sam"
 )
 
 
@@ -51,7 +51,7 @@ def _fails_with_one_line(capsys, argv) -> str:
         ("training.steps=many", "--set training.steps: Input should be a valid integer"),
         ("training.steps=-1", "--set training.steps: Input should be greater than or equal to 0"),
         ("quant.first_last=16bit", "--set quant.first_last: Input should be '8bit', 'fp' or 'same'"),
-        ("bits=[W4A16]", "--set bits: bit widths must be from 2 to 8, got 'W4A16'"),
+        ("bits=[W4A16]", "--set bits: bit widths must be from 2 to 8 (activations also A32: float inputs, weight-only quantization), got 'W4A16'"),
         ("datasets[0].test_envs=[6]", "environment index 6 is out of range; RotatedMNIST has 6 environments"),
         ("datasets[0].test_envs=[ninety]", "unknown environment 'ninety'; RotatedMNIST has: 0, 15, 30, 45, 60, 75"),
         ("parent=lsq", "--set parent: the parent of QAT runs must be a full-precision method, got 'lsq'"),

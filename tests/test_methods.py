@@ -23,7 +23,7 @@ def _batches(seed: int = 0, n_envs: int = 2):
 def test_every_method_declares_frozen_hparams_with_defaults_and_a_kind():
     for name in METHODS:
         cls = METHODS.get(name)
-        assert issubclass(cls, Method) and cls.kind in ("fp", "qat", "ptq", "checkpoint")
+        assert issubclass(cls, Method) and cls.kind in ("fp", "qat", "ptq", "checkpoint", "ensemble")
         hparams = cls.HParams()
         assert dataclasses.is_dataclass(hparams)
         with pytest.raises(dataclasses.FrozenInstanceError):

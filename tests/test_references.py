@@ -21,7 +21,11 @@ SETTING = ["variant", "image_size", "steps"]  # read by qatbench.report.referenc
 METRICS = {"ood_acc", "id_acc", "ood_acc_delta", "ood_acc_delta_max", "id_acc_delta"}
 
 # Names that are in the papers but will not be in qatbench, and why.
-NOT_IMPLEMENTED_METHODS: dict[str, str] = {}
+NOT_IMPLEMENTED_METHODS: dict[str, str] = {
+    "swad": "QT-DoG's README table; SWAD (weight averaging along training) is not a qatbench method",
+    "eoa": "QT-DoG's README table; Ensemble of Averages needs SWA-averaged members (qatbench's FP ensemble: ensemble)",
+    "diwa": "QT-DoG's README table; DiWA averages the weights of 60 runs",
+}
 NOT_IMPLEMENTED_MODELS = {
     "mobilenetv1_cifar": "FPQ Tables 4-5 report MobileNetV1; qatbench has no MobileNetV1",
     "mobilenet_cifar": "CR's abstract says only 'MobileNet', not which version",
@@ -236,3 +240,28 @@ def test_cr_holds_the_two_abstract_deltas_with_unknown_baseline_and_bits():
     assert set(frame.bits) == set(frame.baseline) == {"unknown"}
     assert set(frame.source) == {"arXiv:2402.13497 abstract (v2)"}
     assert frame.note.str.contains("baseline").all()
+
+
+# --------------------------------------------------------------------------------------------- QT-DoG
+
+
+def test_qtdog_reference_is_its_readme_table_with_photo_as_p():
+    frame = _read(REFERENCES / "qtdog.csv")
+    table = {
+        (m, e): float(v) for m, e, v in zip(frame.method, frame.test_env, frame.value)
+    }  # README.md of saqibjaved1/QT-DoG, "Example results on PACS with ResNet-50"
+    domains = ["art_painting", "cartoon", "photo", "sketch", "avg"]
+    assert [table[("erm", d)] for d in domains] == [89.8, 79.7, 96.8, 72.5, 84.7]
+    assert [table[("qtdog", d)] for d in domains] == [89.1, 82.4, 96.9, 82.3, 87.8]
+    assert [table[("eoq", d)] for d in domains] == [90.7, 83.7, 98.2, 84.8, 89.3]
+    # each Avg is the mean of its 4 domains up to rounding (at most 0.1), except QT-DoG's, as printed
+    off = {
+        method
+        for method in ("erm", "swad", "eoa", "diwa", "qtdog", "eoq")
+        if abs(sum(table[(method, d)] for d in domains[:4]) / 4 - table[(method, "avg")]) > 0.1 + 1e-9
+    }
+    assert off == {"qtdog"}  # 87.8 printed, 87.675 from its domains: noted in the file
+    assert "87.675" in frame[(frame.method == "qtdog") & (frame.test_env == "avg")].note.iloc[0]
+    bits = dict(zip(frame.method, frame.bits))
+    assert bits["qtdog"] == bits["eoq"] == "W7A32" and bits["erm"] == "FP"
+    assert set(frame.image_size) == {"224"} and set(frame.steps) == {"5000"} and set(frame.model) == {"resnet50"}

@@ -201,7 +201,7 @@ def test_unreadable_csv_is_one_line_naming_the_file(tmp_path, content, reason):
 def test_the_committed_reference_files_load_and_never_disagree_on_a_joined_number():
     frame = load_references(REFERENCES)
     counts = frame["file"].value_counts().to_dict()
-    assert counts == {"fpq.csv": 145, "gaqat.csv": 9, "cr.csv": 2}
+    assert counts == {"fpq.csv": 145, "gaqat.csv": 9, "cr.csv": 2, "qtdog.csv": 30}
     fpq = frame[frame["file"] == "fpq.csv"]
     ablations = fpq[fpq["source"].str.contains(r"Table [23]$")]
     assert len(ablations) == 11
@@ -421,11 +421,12 @@ def test_the_committed_gaqat_references_join_a_pacs_resnet18_table(records):
     assert _notes(text) == [
         "arXiv:2412.05551 abstract: gaqat − lsq_sagm, OOD Avg, W4A4 (resnet50): up to +4.5 pp; "
         "here: not run: lsq_sagm at W4A4.",
-        "[paper] rows and paper deltas as printed in: Wang-pengfei/SAGM README; arXiv:2412.05551 abstract.",
+        "[paper] rows and paper deltas as printed in: Wang-pengfei/SAGM README; arXiv:2412.05551 abstract; "
+        "saqibjaved1/QT-DoG README.md (commit e9d55eb).",  # QT-DoG's FP rows (erm, swad, eoa, diwa)
         "Setting differs: the paper's architecture is resnet50; here resnet18.",
         "Setting differs: the paper's image size is 224 px; here 64.",
         "Setting differs: the paper trains 5000 steps; here 300.",
-        "Methods the paper reports that this table did not run: sagm.",
+        "Methods the paper reports that this table did not run: diwa, eoa, sagm, swad.",
     ]
 
 

@@ -10,8 +10,9 @@ import inspect
 from typing import Literal, Protocol
 
 # fp: trains float models; qat: trains quantized ones from the FP parent; ptq: quantizes the FP
-# parent (or a float model it trains from it) after training; checkpoint: loads a trained model
-MethodKind = Literal["fp", "qat", "ptq", "checkpoint"]
+# parent (or a float model it trains from it) after training; checkpoint: loads a trained model;
+# ensemble: evaluates the averaged predictions of other runs of the suite (its members)
+MethodKind = Literal["fp", "qat", "ptq", "checkpoint", "ensemble"]
 
 
 class Catalog(Protocol):
@@ -29,6 +30,10 @@ class Catalog(Protocol):
 
     def method_quantizers(self, name: str) -> tuple[str, ...] | None:
         """The quantizers the method can train (None: any)."""
+        ...
+
+    def method_switch_hparam(self, name: str) -> str | None:
+        """The hparam whose value is the method's `switch_at` step (QT-DoG's `q_steps`), or None."""
         ...
 
     def method_protocols(self, name: str) -> tuple[str, ...]:

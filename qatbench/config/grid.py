@@ -35,6 +35,8 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
         hparams = _check_method(entry, catalog, blame, ["methods", i])
         quant = None
         kind = catalog.method_kind(entry.name)
+        if kind == "ensemble":
+            _check_ensemble(suite, i, hparams, catalog, blame)
         if kind == "checkpoint":
             for file in checkpoint_files(entry, suite.seeds, lambda loc, i=i: blame(["methods", i, *loc])):
                 for model in suite.models:
@@ -51,10 +53,17 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
             _check_quant(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame)
             quant = sorted(quant_fields(suite, entry, catalog).items())
         elif entry.quant.model_dump(exclude_none=True):
+            if kind == "ensemble":
+                raise UserError(
+                    f"{blame(['methods', i, 'quant'])}: an ensemble's members bring their own quantization; "
+                    f"`quant` belongs to the members' entry"
+                )
             raise UserError(
                 f"{blame(['methods', i, 'quant'])}: method '{entry.name}' trains in full precision; "
                 f"`quant` applies to QAT methods only"
             )
+        if kind == "ensemble" and entry.steps:
+            raise UserError(f"{blame(['methods', i, 'steps'])}: an ensemble evaluates its members' runs; drop `steps`")
         if not catalog.method_trains(entry.name) and entry.steps:
             raise UserError(
                 f"{blame(['methods', i, 'steps'])}: method '{entry.name}' does not train (it quantizes the "
@@ -95,6 +104,31 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
         resolve_options(
             catalog, "model", entry.name, entry.options, lambda key, i=i: blame(["models", i, "options", key])
         )
+
+
+def _check_ensemble(suite: Suite, i: int, hparams: dict[str, Any], catalog: Catalog, blame: Blame) -> None:
+    """An ensemble names another, non-ensemble entry by its label; its members (one per seed) must
+    share one data split, so that the ensemble is evaluated on the splits each member saw (QT-DoG's
+    seeds vary `--seed` only; the split's `--trial_seed` stays 0, saqibjaved1/QT-DoG train_all.py)."""
+    labels = {entry.label or entry.name: entry for entry in suite.methods}
+    members = hparams["members"]
+    where = blame(["methods", i, "hparams", "members"])
+    own = suite.methods[i].label or suite.methods[i].name
+    if members not in labels or members == own:
+        others = [label for label in labels if label != own]
+        raise UserError(
+            f"{where}: no other method entry labelled '{members}'{did_you_mean(members, others)}; "
+            f"allowed: {allowed_list(others)}"
+        )
+    if catalog.method_kind(labels[members].name) == "ensemble":
+        raise UserError(f"{where}: '{members}' is itself an ensemble; name the entry whose runs are averaged")
+    if len(suite.seeds) > 1:
+        for j, dataset in enumerate(suite.datasets):
+            if dataset.data_seed is None:
+                raise UserError(
+                    f"{blame(['datasets', j, 'data_seed'])}: the ensemble methods[{i}] averages runs of "
+                    f"{len(suite.seeds)} seeds, which must share one data split; set data_seed (e.g. 0)"
+                )
 
 
 def quant_fields(suite: Suite, entry: MethodEntry, catalog: Catalog) -> dict[str, Any]:
@@ -140,6 +174,10 @@ def _check_quant(suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry
 def entry_protocol(suite: Suite, entry: MethodEntry, catalog: Catalog) -> tuple[str, int]:
     """(name, N) of the protocol an entry trains under: its own `protocol`, else the suite's for
     QAT entries, else from_fp_run (PTQ entries always quantize their FP parent after training)."""
+    switch_hparam = catalog.method_switch_hparam(entry.name)
+    if switch_hparam is not None:  # the method's own switch step, an hparam (QT-DoG's q_steps)
+        hparams = resolve_hparams(catalog.method_hparams(entry.name), entry.hparams, lambda key: "suite")
+        return SWITCH_AT, hparams[switch_hparam]
     value = entry.protocol
     if value is None and catalog.method_kind(entry.name) == "qat":
         value = suite.protocol
@@ -149,9 +187,15 @@ def entry_protocol(suite: Suite, entry: MethodEntry, catalog: Catalog) -> tuple[
 def _check_protocol(
     suite: Suite, entry: MethodEntry, catalog: Catalog, blame_entry: Blame, blame: Blame, index: int
 ) -> tuple[str, int]:
+    switch_hparam = catalog.method_switch_hparam(entry.name)
+    if switch_hparam is not None and entry.protocol is not None:
+        raise UserError(
+            f"{blame_entry(['protocol'])}: method '{entry.name}' switches quantization on at its hparam "
+            f"`{switch_hparam}`; set hparams.{switch_hparam} instead of `protocol`"
+        )
     name, switch_at = entry_protocol(suite, entry, catalog)
-    own = entry.protocol is not None
-    where = blame_entry(["protocol"]) if own else blame(["protocol"])
+    own = entry.protocol is not None or switch_hparam is not None
+    where = blame_entry(["hparams", switch_hparam] if switch_hparam else ["protocol"]) if own else blame(["protocol"])
     allowed = catalog.method_protocols(entry.name)
     if own and not allowed:
         raise UserError(
@@ -166,8 +210,8 @@ def _check_protocol(
     steps = entry.steps if entry.steps is not None else suite.training.steps
     if name == SWITCH_AT and switch_at >= steps:
         raise UserError(
-            f"{where}: switch_at {switch_at} leaves no quantized steps in a run of {steps} steps "
-            f"(methods[{index}]); switch_at must be below the run's steps"
+            f"{where}: {switch_hparam or 'switch_at'} {switch_at} leaves no quantized steps in a run of {steps} "
+            f"steps (methods[{index}]); it must be below the run's steps"
         )
     return name, switch_at
 
@@ -348,6 +392,8 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                     steps = suite.training.steps
                     fp_parent = _spec(parent, catalog, common, steps, quant=None, parent=None)
                     for method in suite.methods:
+                        if catalog.method_kind(method.name) == "ensemble":
+                            continue  # once every seed's runs are known (below)
                         if catalog.method_kind(method.name) == "checkpoint":
                             specs += _checkpoint_spec(suite, method, catalog, common, seed)
                             continue
@@ -361,7 +407,39 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                             quant = QuantSpec(w_bits, a_bits, **quant_fields(suite, method, catalog))
                             spec = _spec(method, catalog, common, method_steps, quant=quant, parent=run_parent)
                             specs.append(replace(spec, protocol=protocol))
-    return _unique(specs)
+    return _unique(specs + _ensemble_specs(suite, specs, catalog))
+
+
+def _ensemble_specs(suite: Suite, specs: list[RunSpec], catalog: Catalog) -> list[RunSpec]:
+    """One ensemble per dataset, test environment(s), model and bit width of its members' entry,
+    over the runs of every seed; named like its first member (seed, data seed), without a parent."""
+    ensembles = []
+    for entry in suite.methods:
+        if catalog.method_kind(entry.name) != "ensemble":
+            continue
+        hparams = resolve_hparams(catalog.method_hparams(entry.name), entry.hparams, lambda key: "suite")
+        groups: dict[str, list[RunSpec]] = {}
+        for spec in specs:
+            if spec.label == hparams["members"]:
+                setting = (spec.dataset, sorted(spec.dataset_options.items()), spec.test_envs, spec.model)
+                key = repr((*setting, sorted(spec.model_options.items()), spec.quant))
+                groups.setdefault(key, []).append(spec)
+        for runs in groups.values():
+            members = tuple(sorted(runs, key=lambda s: s.seed))
+            ensembles.append(
+                replace(
+                    members[0],
+                    method=entry.name,
+                    label=entry.label or entry.name,
+                    hparams=hparams,
+                    steps=0,
+                    parent=None,
+                    protocol=Protocol(),  # trains nothing: the members' protocol is theirs
+                    members=members,
+                    checkpoint=None,
+                )
+            )
+    return ensembles
 
 
 def _checkpoint_spec(suite: Suite, entry: MethodEntry, catalog: Catalog, common: dict, seed: int) -> list[RunSpec]:

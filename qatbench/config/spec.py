@@ -36,6 +36,8 @@ SWITCHES = {
     "percentile": (DEFAULT_PERCENTILE, ("percentile",)),
 }
 MIN_BITS, MAX_BITS = 2, 8
+FLOAT_BITS = 32  # a_bits 32: weight-only quantization, inputs stay float ("W7A32", QT-DoG)
+LAYER_POLICIES = ("all", "conv")  # which layers are quantized: Conv2d and Linear, or Conv2d only
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,20 @@ class QuantSpec:
     # of magnitude (Krishnamoorthi 2018, arXiv:1806.08342, Sec. 3.1 and Table 2; Nagel et al. 2021,
     # arXiv:2106.08295, Sec. 2.4). Default false: networks without depthwise convs are unchanged.
     depthwise_per_channel: bool = False
+    # "all": every Conv2d and Linear (LSQ); "conv": Conv2d only, Linear layers stay float (QT-DoG's
+    # `QuanModuleMapping` maps nn.Conv2d alone, saqibjaved1/QT-DoG domainbed/quan/func.py l. 49-52)
+    layers: str = "all"
 
     def __post_init__(self):
-        for name in ("w_bits", "a_bits"):
-            bits = getattr(self, name)
-            if not (isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS):
-                raise ValueError(f"{name} must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+        if not (isinstance(self.w_bits, int) and MIN_BITS <= self.w_bits <= MAX_BITS):
+            raise ValueError(f"w_bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {self.w_bits!r}")
+        if not (isinstance(self.a_bits, int) and (MIN_BITS <= self.a_bits <= MAX_BITS or self.a_bits == FLOAT_BITS)):
+            raise ValueError(
+                f"a_bits must be an integer from {MIN_BITS} to {MAX_BITS}, or {FLOAT_BITS} (float inputs, "
+                f"weight-only quantization), got {self.a_bits!r}"
+            )
+        if self.layers not in LAYER_POLICIES:
+            raise ValueError(f"layers must be one of {LAYER_POLICIES}, got {self.layers!r}")
         if self.first_last not in FIRST_LAST_CHOICES:
             raise ValueError(f"first_last must be one of {FIRST_LAST_CHOICES}, got {self.first_last!r}")
         for name, allowed in (("quantizer", QUANTIZERS), ("grad_scale", GRAD_COUNTS), ("a_init", A_INITS)):
@@ -95,7 +105,13 @@ class QuantSpec:
         return self.quantizer in OBSERVERS
 
     @property
+    def weight_only(self) -> bool:
+        """Inputs stay float: the quantized layers pass their input through unchanged."""
+        return self.a_bits == FLOAT_BITS
+
+    @property
     def label(self) -> str:
+        """The papers' notation; weight-only quantization is `W7A32` (32-bit float inputs)."""
         return f"W{self.w_bits}A{self.a_bits}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,7 +125,7 @@ class QuantSpec:
 
 
 def parse_bits(text: str) -> tuple[int, int]:
-    """'W4A4' -> (4, 4); the notation of the papers' tables."""
+    """'W4A4' -> (4, 4); the notation of the papers' tables ('W7A32': weight-only, float inputs)."""
     upper = text.strip().upper()
     if upper.startswith("W") and "A" in upper:
         w, a = upper[1:].split("A", 1)
@@ -156,6 +172,7 @@ class RunSpec:
     model_options: Mapping[str, Any] = field(default_factory=dict)
     parent: RunSpec | None = None
     protocol: Protocol = field(default_factory=Protocol)  # how quantization meets training (config/protocol.py)
+    members: tuple[RunSpec, ...] = ()  # an ensemble's runs, whose averaged softmax it evaluates
     # not semantic: where and how it is shown, never part of the id
     suite: str = field(default="", compare=False)
     label: str = field(default="", compare=False)
@@ -171,6 +188,7 @@ class RunSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "test_envs", tuple(self.test_envs))
+        object.__setattr__(self, "members", tuple(self.members))
         object.__setattr__(self, "hparams", _frozen(self.hparams))
         object.__setattr__(self, "dataset_options", _frozen(self.dataset_options))
         object.__setattr__(self, "model_options", _frozen(self.model_options))
@@ -193,10 +211,12 @@ class RunSpec:
 
     def semantic(self) -> dict[str, Any]:
         """The fields that define the experiment, as plain JSON-able values (the protocol only
-        when it is not the default, so runs finished before protocols existed keep their ids)."""
+        when it is not the default, so runs finished before protocols existed keep their ids; an
+        ensemble's member run ids only for ensembles)."""
         protocol = self.protocol.identity()
         return {
             **({"protocol": protocol} if protocol is not None else {}),
+            **({"members": [m.run_id for m in self.members]} if self.members else {}),
             "method": self.method,
             "hparams": dict(self.hparams),
             "dataset": self.dataset,

@@ -23,7 +23,9 @@ from qatbench.config.spec import (
     A_INITS,
     DEFAULT_PERCENTILE,
     FIRST_LAST_CHOICES,
+    FLOAT_BITS,
     GRAD_COUNTS,
+    LAYER_POLICIES,
     MAX_BITS,
     MIN_BITS,
     QUANTIZERS,
@@ -34,12 +36,16 @@ from qatbench.errors import UserError, allowed_list, did_you_mean, excerpt
 
 def _check_bits(text: str) -> str:
     w, a = parse_bits(text)
-    if not (MIN_BITS <= w <= MAX_BITS and MIN_BITS <= a <= MAX_BITS):
-        raise ValueError(f"bit widths must be from {MIN_BITS} to {MAX_BITS}, got {text!r}")
+    if not (MIN_BITS <= w <= MAX_BITS and (MIN_BITS <= a <= MAX_BITS or a == FLOAT_BITS)):
+        raise ValueError(
+            f"bit widths must be from {MIN_BITS} to {MAX_BITS} (activations also A{FLOAT_BITS}: float inputs, "
+            f"weight-only quantization), got {text!r}"
+        )
     return text.upper()
 
 
-Bits = Annotated[str, AfterValidator(_check_bits)]  # "W4A4": 4-bit weights, 4-bit activations
+# "W4A4": 4-bit weights, 4-bit activations; "W7A32": 7-bit weights, float (32-bit) inputs
+Bits = Annotated[str, AfterValidator(_check_bits)]
 
 
 class _Strict(BaseModel):
@@ -76,6 +82,7 @@ class QuantOverrides(_Strict):
     calib_images: int | None = Field(default=None, ge=0)
     percentile: float | None = Field(default=None, gt=50, le=100)
     depthwise_per_channel: bool | None = None
+    layers: Literal[LAYER_POLICIES] | None = None  # type: ignore[valid-type]
 
 
 class MethodEntry(_Strict):
@@ -170,6 +177,7 @@ class QuantConfig(_Strict):
     calib_images: int = Field(default=0, ge=0)  # 0: one training minibatch per domain; N: N unaugmented images
     percentile: float = Field(default=DEFAULT_PERCENTILE, gt=50, le=100)  # the `percentile` observer's p
     depthwise_per_channel: bool = False  # depthwise convs: one weight step per channel (QuantSpec)
+    layers: Literal[LAYER_POLICIES] = "all"  # type: ignore[valid-type]  # "conv": Linear layers stay float
 
 
 class SlurmConfig(_Strict):

@@ -3,6 +3,7 @@
 from qatbench.methods import (  # noqa: F401  (register the methods)
     checkpoint,
     cr,
+    ensemble,
     erm,
     flat_ptq,
     fpq,
@@ -12,6 +13,7 @@ from qatbench.methods import (  # noqa: F401  (register the methods)
     kd,
     mec,
     ptq,
+    qtdog,
     quantizer_qat,
     sagm,
     sam,

@@ -37,6 +37,8 @@ class Method:
     quant_fixed: ClassVar[Mapping[str, Any]] = {}  # QuantSpec fields the method needs ({"quantizer": "pact"})
     quantizers_allowed: ClassVar[tuple[str, ...] | None] = None  # None: any quantizer
     needs_teacher: ClassVar[bool] = False  # the runner hands over the frozen FP parent as `teacher`
+    # a method that always trains under `switch_at: N` names the hparam holding N (QT-DoG: q_steps)
+    switch_hparam: ClassVar[str | None] = None
 
     def __init__(
         self,

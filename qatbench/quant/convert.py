@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from qatbench.config.spec import QuantSpec
+from qatbench.config.spec import FLOAT_BITS, QuantSpec
 from qatbench.quant.base import FakeQuantizer
 from qatbench.quant.dorefa import DorefaQuantizer
 from qatbench.quant.layers import QuantConv2d, QuantLinear, is_depthwise
@@ -27,8 +27,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
     classifier of every torchvision-style network and of EfficientNet) follow `spec.first_last`:
     8 bits (LSQ), float ("fp"), or the spec's bits ("same"); every layer between them, an
     EfficientNet's 1x1 `conv_head` included, takes the spec's bits. Depthwise convolutions get
-    one weight step per channel when `spec.depthwise_per_channel` says so. The float model is
-    left untouched.
+    one weight step per channel when `spec.depthwise_per_channel` says so. `spec.layers == "conv"`
+    quantizes Conv2d layers only (Linear layers stay float, as QT-DoG's); `spec.weight_only`
+    (a_bits 32) leaves every input float. The float model is left untouched.
     """
     quantized = copy.deepcopy(model)
     for name, (w_bits, a_bits) in layer_bits(quantized, spec).items():
@@ -44,27 +45,39 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
 
 def layer_bits(model: nn.Module, spec: QuantSpec) -> dict[str, tuple[int, int]]:
     """(weight bits, input bits) of every layer `quantize_model` quantizes, by module name."""
-    names = [
-        name
+    modules = {
+        name: m
         for name, m in model.named_modules()
         if isinstance(m, nn.Conv2d | nn.Linear) and not isinstance(m, QuantConv2d | QuantLinear)
-    ]
-    edges = {names[0], names[-1]} if names else set()
+    }
+    names = list(modules)
+    edges = {names[0], names[-1]} if names else set()  # stem and classifier, whichever layers are quantized
+    edge_a_bits = spec.a_bits if spec.weight_only else FIRST_LAST_8BIT
     bits = {}
     for name in names:
-        if name in edges and spec.first_last == "fp":
+        if (name in edges and spec.first_last == "fp") or (spec.layers == "conv" and isinstance(modules[name], nn.Linear)):
             continue
         edge_8bit = name in edges and spec.first_last == "8bit"
-        bits[name] = (FIRST_LAST_8BIT, FIRST_LAST_8BIT) if edge_8bit else (spec.w_bits, spec.a_bits)
+        bits[name] = (FIRST_LAST_8BIT, edge_a_bits) if edge_8bit else (spec.w_bits, spec.a_bits)
     return bits
 
 
 def make_quantizers(
     spec: QuantSpec, w_bits: int, a_bits: int, channels: int, per_channel: bool | None = None
-) -> tuple[FakeQuantizer, FakeQuantizer]:
+) -> tuple[FakeQuantizer, FakeQuantizer | nn.Identity]:
     """The weight and input quantizers of one layer, as `spec.quantizer` pairs them (`per_channel`:
-    None takes `spec.w_per_channel`)."""
+    None takes `spec.w_per_channel`); a weight-only spec's input "quantizer" is the identity
+    (QT-DoG's QuanConv2d passes its input through, saqibjaved1/QT-DoG domainbed/quan/func.py l. 22-26)."""
     per_channel = spec.w_per_channel if per_channel is None else per_channel
+    w_quant, a_quant = _quantizer_pair(
+        spec, w_bits, FIRST_LAST_8BIT if a_bits == FLOAT_BITS else a_bits, channels, per_channel
+    )
+    return w_quant, (nn.Identity() if a_bits == FLOAT_BITS else a_quant)
+
+
+def _quantizer_pair(
+    spec: QuantSpec, w_bits: int, a_bits: int, channels: int, per_channel: bool
+) -> tuple[FakeQuantizer, FakeQuantizer]:
     if spec.observed:
         w_quant = ObserverQuantizer(
             w_bits, "weight", per_channel=per_channel, channels=channels, symmetric=spec.w_symmetric

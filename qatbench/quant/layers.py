@@ -31,7 +31,8 @@ def is_depthwise(conv: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels
 
 
-def _attach_quantizers(layer: nn.Module, w_quant: FakeQuantizer, a_quant: FakeQuantizer) -> None:
+def _attach_quantizers(layer: nn.Module, w_quant: FakeQuantizer, a_quant: FakeQuantizer | nn.Identity) -> None:
+    """`a_quant` is nn.Identity in weight-only quantization (inputs stay float)."""
     dtype = layer.weight.dtype  # step sizes follow the layer (float64 Hessians, bf16 training)
     layer.w_quant = w_quant.to(dtype)
     layer.a_quant = a_quant.to(dtype)

@@ -134,6 +134,7 @@ def needs_analysis(record: dict[str, Any] | None, config: AnalysisConfig | None)
         and not config.empty
         and record is not None
         and record.get("status") == "done"
+        and not record.get("members")  # an ensemble has no single model whose Hessian to measure
         and record.get("analysis.digest") != config.digest()
     )
 
@@ -153,6 +154,10 @@ def analyze_run(
     if record is None or record.get("status") != "done":
         state = "no record" if record is None else f"status {record.get('status')}"
         raise UserError(f"{folder}: not a finished run ({state}); only finished runs can be analysed")
+    if record.get("members"):
+        raise UserError(
+            f"{folder}: an ensemble of {len(record['members'])} runs has no single model to analyse; analyse its members"
+        )
     device = torch.device(device)
     started = time.time()
     dataset = build_dataset(

@@ -26,6 +26,9 @@ class RegistryCatalog:
     def method_quantizers(self, name: str) -> tuple[str, ...] | None:
         return METHODS.get(name).quantizers_allowed
 
+    def method_switch_hparam(self, name: str) -> str | None:
+        return METHODS.get(name).switch_hparam
+
     def method_protocols(self, name: str) -> tuple[str, ...]:
         return METHODS.get(name).protocols()
 

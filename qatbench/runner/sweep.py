@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def plan(specs: list[RunSpec]) -> list[RunSpec]:
-    """Every run once, runs without a parent (the FP parents among them) before those with one."""
-    with_parents = [s.parent for s in specs if s.parent is not None] + list(specs)
+    """Every run once: runs without a parent (the FP parents among them), then those with one, then
+    ensembles, whose members (and their parents) come along even when only the ensemble was asked for."""
+    members = [m for s in specs for m in s.members]
+    runs = [s.parent for s in [*specs, *members] if s.parent is not None] + list(specs) + members
     ordered: dict[str, RunSpec] = {}
-    for spec in sorted(with_parents, key=lambda s: s.parent is not None):  # stable sort
+    for spec in sorted(runs, key=lambda s: (bool(s.members), s.parent is not None)):  # stable sort
         ordered.setdefault(spec.run_id, spec)
     return list(ordered.values())
 
@@ -147,9 +149,10 @@ def run_specs(
     progress_log = SweepProgress(planned, pending, enabled=progress)
     for spec in planned:
         folder = store.run_dir(results, spec.suite, spec.run_id)
-        if spec.parent is not None:  # a parent another process is training: wait until it is done with it
-            with store.claim(store.run_dir(results, spec.parent.suite, spec.parent.run_id), wait=True):
-                pass
+        for needed in [spec.parent, *spec.members]:  # another process training one: wait until it is done
+            if needed is not None:
+                with store.claim(store.run_dir(results, needed.suite, needed.run_id), wait=True):
+                    pass
         with store.claim(folder) as mine:
             if not mine:
                 summary.elsewhere.append(spec.run_id)

@@ -43,6 +43,7 @@ from qatbench.quant import calibrate, quantize_model
 from qatbench.runner import protocols, resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
 from qatbench.runner.divergence import Diverged, DivergenceMonitor
+from qatbench.runner.ensemble import member_models
 from qatbench.runner.evaluate import evaluate
 from qatbench.runner.threads import intra_op_threads
 
@@ -171,6 +172,7 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "model_options": dict(spec.model_options),
             "parent_run_id": spec.parent.run_id if spec.parent else None,
             "protocol": spec.protocol.label,
+            **({"members": [m.run_id for m in spec.members]} if spec.members else {}),
             "checkpoint": {"path": spec.checkpoint, "sha256": spec.hparams.get("sha256")} if spec.checkpoint else {},
             "curve_file": store.CURVE,
             "threads": spec.threads,
@@ -223,11 +225,15 @@ def _train(
     workers = loader_workers(device, len(train_envs)) if dataset.train_transform else 0
     iterators = [train_stream(dataset, splits[i], spec, spec.seed * 1000 + i, device, workers) for i in train_envs]
 
-    model = build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
-    if spec.parent is not None:
-        model.load_state_dict(_parent_weights(spec.parent, results))
-    model = model.to(device)
     method_class = METHODS.get(spec.method)
+    ensemble = method_class.kind == "ensemble"
+    if ensemble:  # its members' finished models, each as it was trained (quantized or not)
+        model = torch.nn.ModuleList(member_models(spec, results, dataset, device))
+    else:
+        model = build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
+        if spec.parent is not None:
+            model.load_state_dict(_parent_weights(spec.parent, results))
+        model = model.to(device)
     teacher = None
     if method_class.needs_teacher:  # the frozen FP parent, before quantization
         if spec.parent is None:
@@ -237,7 +243,7 @@ def _train(
     switch_at = spec.protocol.switch_at  # 0: quantized from the start (PTQ: after training)
     float_first = switch_at > 0 and (checkpoint is None or int(checkpoint["step"]) <= switch_at)
     calibration = lambda: calibration_data(dataset, splits, train_envs, spec, device)  # noqa: E731
-    if spec.quant is not None and not post_training and not float_first:
+    if spec.quant is not None and not post_training and not float_first and not ensemble:
         model = quantize_model(model, spec.quant)
         calibrate(model, calibration())
     if spec.checkpoint is not None:  # trained elsewhere: its weights (and step sizes) replace all of the above
@@ -321,7 +327,8 @@ def _train(
         calibrate(method.model, calibration_data(dataset, splits, train_envs, spec, device))
         with open(folder / store.CURVE, "w") as curve:
             last_eval = _log_eval(curve, spec.steps, {}, method, dataset, splits, spec, device)
-    store.save_model(folder / store.MODEL, method.model)
+    if not ensemble:  # an ensemble is its members' model.pt files
+        store.save_model(folder / store.MODEL, method.model)
     accuracies = {k: v for k, v in last_eval.items() if k.endswith("_acc")}
     losses = {k: v for k, v in last_eval.items() if k not in accuracies and k != "step"}
     sizes = {
@@ -335,7 +342,7 @@ def _train(
         **sizes,
         "final_step": last_eval.get("step", 0),
         "resumed_from_step": start or None,  # a killed run that went on from its last checkpoint
-        "model_file": store.MODEL,
+        "model_file": None if ensemble else store.MODEL,
         "train": losses,
         "environments": dataset.environments,
         "num_classes": dataset.num_classes,  # the figures' chance line
