@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import qatbench
+from qatbench.version import __version__
 from qatbench.methods.state import restore, snapshot
 from qatbench.runner import store
 
@@ -43,7 +43,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _versions() -> dict[str, str]:
-    return {"qatbench": qatbench.__version__, "torch": torch.__version__}
+    return {"qatbench": __version__, "torch": torch.__version__}
 
 
 def save(folder: Path, step: int, model: torch.nn.Module, method: Any, step_times: list[float], run_id: str) -> None:

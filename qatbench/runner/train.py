@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
-import qatbench
+from qatbench.version import __version__
 from qatbench.config import RunSpec
 from qatbench.data import build_dataset, infinite_batches, split_environments
 from qatbench.data.loaders import take
@@ -149,7 +149,7 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "checkpoint": {"path": spec.checkpoint, "sha256": spec.hparams.get("sha256")} if spec.checkpoint else {},
             "curve_file": store.CURVE,
             "versions": {
-                "qatbench": qatbench.__version__,
+                "qatbench": __version__,
                 "torch": torch.__version__,
                 "python": platform.python_version(),
             },
