@@ -488,6 +488,17 @@ def test_gaqat_disorder_flips_of_the_task_sign_or_conflict_with_the_smoothness_s
     assert method.frozen == frozen
 
 
+def test_gaqat_default_disorder_is_the_conflict_of_its_two_sign_sequences():
+    assert METHODS.get("gaqat").HParams().disorder == "conflict"  # the reviews: task and smoothness sequences
+    method, params, where = _gaqat(window=4, every=4, tau=0.3)
+    for t in range(4):
+        alt = 1 if t % 2 == 0 else -1
+        g, g_p = _synthetic(params, where, [1, 1, alt, 1], [1, -1, alt, alt], seed=t)
+        method.combine(params, g, g_p)
+    assert method.last_disorder == [0.0, 1.0, 0.0, 0.5]  # flips of g_task alone would give [0, 0, 1, 0]
+    assert method.frozen == [True, False, True, False]
+
+
 def test_gaqat_judges_only_full_windows():
     method, params, where = _gaqat(window=4, every=2, tau=0.5)
     for t in range(1, 7):

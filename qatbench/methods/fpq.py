@@ -18,7 +18,8 @@ gradient reaches the step size through the noise); where the noise goes relative
 fake quantizer (`noise_at`); eps; each layer's squared differences averaged, not summed
 (`csd_reduction`: the printed sum diverged); CSD covers every conv, also one a suite leaves in
 float. The paper's suite settings, not hparams here (Sec. 4): batch 256, 200 epochs, asymmetric
-per-channel weights, first and last layers 8-bit, 100 calibration images.
+per-channel weights and asymmetric activations (quant `w_symmetric`, `a_symmetric`: false), first and
+last layers 8-bit, 100 calibration images.
 
 The hooks are installed once, at construction, and do nothing outside `update`: the runner
 torch.compiles long runs after building the method, and compiled code neither sees hooks registered
