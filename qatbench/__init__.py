@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from qatbench.version import __version__
 
 _EXPORTS = {
     "load_suite": "qatbench.runner.api",

@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="what can be named in a suite")
     listing.add_argument("what", choices=["methods", "datasets", "models"])
+    listing.add_argument(
+        "--details", action="store_true", help="methods: every hparam, its default and its source (* RECONSTRUCTION)"
+    )
     listing.set_defaults(command=cmd_list)
     return parser
 
@@ -391,10 +394,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         from qatbench.data import DATASETS as registry
     else:
         from qatbench.models import MODELS as registry
+    details = args.details and args.what == "methods"
     for entry in registry.entries():
         kind = getattr(entry.factory, "kind", None)
-        details = " · ".join(x for x in (kind, entry.summary, entry.paper) if x)
-        print(f"{entry.name:14s} {details}")
+        about = " · ".join(x for x in (kind, entry.summary, entry.paper) if x)
+        print(f"{entry.name:14s} {about}")
+        if details:
+            from qatbench.methods.hparams import described
+
+            for name, default, source, reconstructed in described(entry.factory.HParams):
+                print(f"  {'*' if reconstructed else ' '} {name:18s} {default!r:12s} {source}")
+    if details:
+        print("* RECONSTRUCTION: no paper or official code gives this default; its source says why it was chosen")
     return 0
 
 

@@ -51,6 +51,8 @@ def test_fpq_table4_suite_runs_every_method_with_fpqs_protocol(tmp_path):
         "mec",
         "ptq",
     }
+    # asymmetric activations (FPQ: zero point, min/max start) on the LSQ methods; LSQ+ has its own offset
+    assert {m for m, r in quantized.items() if r["quant.a_symmetric"] is False} == {"lsq", "kd", "fpq", "cr", "mec"}
     assert quantized["pact"]["quant.quantizer"] == "pact" and quantized["lsq_plus"]["quant.quantizer"] == "lsq_plus"
     assert quantized["ptq"]["quant.quantizer"] == "minmax" and quantized["ptq"]["steps"] == 0
     # FPQ's optimiser protocol reached every QAT baseline (lsq's own default wd at 2 bits is 0.25e-4)

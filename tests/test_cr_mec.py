@@ -16,11 +16,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qatbench.config import QuantSpec, resolve_hparams
-from qatbench.errors import UserError
+from qatbench.config import QuantSpec
 from qatbench.methods import METHODS
 from qatbench.methods.cr import TwoViews, crop_flip, ramp
-from qatbench.methods.mec import MecHParams, coding_length, value_experts
+from qatbench.methods.mec import MEC_EPS_SQ, MecHParams, coding_length, value_experts
 from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model, quantizers
 
@@ -249,7 +248,7 @@ def test_taylor_coding_length_converges_to_mu_logdet_within_the_truncation_bound
     z = _unit_rows(6, 4)
     eps_sq, rho, mu = 1.25, 0.8, 5.0  # rho = 1 / eps_sq bounds ||C||; mu = (m + d) / 2
     closed = _logdet_by_eigenvalues(z, z, eps_sq)
-    errors = [abs(coding_length(z, z, eps_sq, k, exact=False) - closed).item() for k in range(1, 13)]
+    errors = [abs(coding_length(z, z, eps_sq, k, "series") - closed).item() for k in range(1, 13)]
     for k, error in enumerate(errors, start=1):
         assert error <= mu * rho ** (k + 1) / (k + 1)
     assert all(b < a for a, b in zip(errors, errors[1:]))
@@ -257,14 +256,14 @@ def test_taylor_coding_length_converges_to_mu_logdet_within_the_truncation_bound
     # a collapsed batch (one direction) with eps_sq < 1 makes ||C|| = 1 / eps_sq = 2: the series diverges
     collapsed = z[:1].expand(6, 4)
     closed = _logdet_by_eigenvalues(collapsed, collapsed, 0.5)
-    diverging = [abs(coding_length(collapsed, collapsed, 0.5, k, exact=False) - closed).item() for k in (4, 8, 12)]
+    diverging = [abs(coding_length(collapsed, collapsed, 0.5, k, "series") - closed).item() for k in (4, 8, 12)]
     assert diverging[0] < diverging[1] < diverging[2] and diverging[2] > 100
 
 
 def test_exact_coding_length_is_mu_torch_logdet():
     z = _unit_rows(6, 4)
     m, d = z.shape
-    exact = coding_length(z, z, 0.06, 4, exact=True)  # no convergence condition
+    exact = coding_length(z, z, 0.06, 4, "exact")  # no convergence condition
     assert exact == (m + d) / 2 * torch.logdet(torch.eye(m, dtype=z.dtype) + z @ z.T / (m * 0.06))
     assert torch.allclose(exact, _logdet_by_eigenvalues(z, z, 0.06), **TOL)
 
@@ -276,7 +275,7 @@ def test_single_view_coding_length_is_invariant_to_permuting_samples(experts):
     assert not torch.equal(perm, torch.arange(8))
 
     def gated(v):
-        return sum(g * coding_length(a, b, 2.0, 4, exact=False) for g, a, b in value_experts(v, v, experts))
+        return sum(g * coding_length(a, b, 2.0, 4, "series") for g, a, b in value_experts(v, v, experts))
 
     assert torch.allclose(gated(z[perm]), gated(z), **TOL)
 
@@ -288,17 +287,20 @@ def test_one_expert_is_plain_mec():
     model = _tanh_mlp()
     hidden = copy.deepcopy(model)[:2]
     x, y = _vectors()
-    losses = _build("mec", model, {"experts": 1}, classes=2).update([(x, y)])
+    losses = _build("mec", model, {"experts": 1}, classes=2).update([(x, y)])  # MEC's eps_sq, logdet "auto"
     with torch.no_grad():
         features = F.normalize(hidden(x), dim=1)
-    assert losses["coding_length"] == pytest.approx(_series_by_powers(features, features, 2.0, 4).item(), rel=1e-10)
+    assert torch.linalg.matrix_norm(features @ features.T / (8 * MEC_EPS_SQ), ord=2) > 1  # no series: exact
+    closed = _logdet_by_eigenvalues(features, features, MEC_EPS_SQ)
+    assert losses["coding_length"] == pytest.approx(closed.item(), rel=1e-10)
+    assert losses["l_mec"] == pytest.approx(-MEC_EPS_SQ * closed.item() / ((8 + 5) / 2), rel=1e-10)
 
 
 def test_value_experts_gates_sum_to_one_and_the_loss_is_the_gated_sum_by_hand():
     model = _tanh_mlp()
     hidden = copy.deepcopy(model)[:2]
     x, y = _vectors()
-    losses = _build("mec", model, {"experts": 3, "exact": True}, classes=2).update([(x, y)])
+    losses = _build("mec", model, {"experts": 3, "logdet": "exact", "eps_sq": 2.0}, classes=2).update([(x, y)])
     with torch.no_grad():
         z = F.normalize(hidden(x), dim=1)  # 8 x 5: 40 entries, no three equal shares
     values = z.abs().flatten().sort().values  # quantile edges at 1/3 and 2/3, linear interpolation
@@ -325,14 +327,15 @@ def test_mec_sgd_step_moves_weights_by_lr_times_the_gradient_of_ce_plus_beta_lme
     model = _tanh_mlp()
     frozen = copy.deepcopy(model)
     beta, eps_sq = 0.5, 1.5
-    method = _build("mec", model, {"beta": beta, "eps_sq": eps_sq, "taylor_order": 5}, classes=2)
+    method = _build("mec", model, {"beta": beta, "eps_sq": eps_sq, "taylor_order": 5, "logdet": "series"}, classes=2)
     x, y = _vectors()
     losses = method.update([(x, y)])
     params = [p for p in frozen.parameters() if p.requires_grad]
     z = frozen[1](frozen[0](x))
     ce = F.cross_entropy(frozen[2](z), y)
     unit = z / z.norm(dim=1, keepdim=True)
-    l_mec = -_series_by_powers(unit, unit, eps_sq, 5)
+    code = _series_by_powers(unit, unit, eps_sq, 5)  # mu log det(I + C) by its series
+    l_mec = -eps_sq * code / ((8 + 5) / 2)  # MEC's loss: -eps_sq log det(I + C)
     grads = torch.autograd.grad(ce + beta * l_mec, params, retain_graph=True)
     ce_only = torch.autograd.grad(ce, params)
     after = [p for p in model.parameters() if p.requires_grad]
@@ -340,14 +343,14 @@ def test_mec_sgd_step_moves_weights_by_lr_times_the_gradient_of_ce_plus_beta_lme
         assert torch.allclose(p1, p0 - LR * g, **TOL)
     assert max((a - b).abs().max().item() for a, b in zip(grads, ce_only)) > 1e-3
     assert losses["loss"] == pytest.approx((ce + beta * l_mec).item(), rel=1e-10)
-    assert losses["coding_length"] == pytest.approx(-l_mec.item(), rel=1e-10)
+    assert losses["coding_length"] == pytest.approx(code.item(), rel=1e-10)
 
 
 @pytest.mark.parametrize("views", ["fp_pair", "two_views"])
 def test_mec_pairs_student_features_with_the_fp_parent_or_a_second_view(views):
     model, parent = _cnn(0), _fp_cnn(0)  # the parent of the student, before quantization
     frozen = copy.deepcopy(model)
-    method = _build("mec", model, {"views": views}, teacher=parent)
+    method = _build("mec", model, {"views": views, "eps_sq": 2.0, "logdet": "series"}, teacher=parent)
     seen = _record_views(method) if views == "two_views" else []
     x, y = _images()
     losses = method.update([(x, y)])
@@ -363,11 +366,32 @@ def test_mec_pairs_student_features_with_the_fp_parent_or_a_second_view(views):
     assert views != "fp_pair" or not parent.training  # the frozen parent runs in eval mode
 
 
-def test_mec_refuses_settings_whose_series_can_diverge():
-    with pytest.raises(ValueError, match=r"eps_sq 0.06 lets the Taylor series .* use eps_sq > 1, or exact: true"):
-        MecHParams(eps_sq=0.06)
-    with pytest.raises(ValueError, match="diverge"):
-        MecHParams(eps_sq=1.0)  # ||C|| can reach 1: the series of log 2 converges too slowly to truncate
-    assert MecHParams(eps_sq=0.06, exact=True).eps_sq == 0.06 and MecHParams(eps_sq=1.01).eps_sq == 1.01
-    with pytest.raises(UserError, match="use eps_sq > 1"):
-        resolve_hparams(MecHParams, {"eps_sq": 0.06}, lambda key: "suite")
+def test_auto_logdet_takes_the_series_where_it_converges_and_the_exact_logdet_where_it_does_not():
+    spread = _unit_rows(6, 4)  # ||C|| = 0.8 at eps_sq 1.25 (the truncation test above)
+    assert coding_length(spread, spread, 1.25, 4, "auto") == coding_length(spread, spread, 1.25, 4, "series")
+    collapsed = spread[:1].expand(6, 4)  # ||C|| = 1 / eps_sq = 2: the series diverges
+    closed = _logdet_by_eigenvalues(collapsed, collapsed, 0.5)
+    assert coding_length(collapsed, collapsed, 0.5, 4, "auto") == coding_length(collapsed, collapsed, 0.5, 4, "exact")
+    assert torch.allclose(coding_length(collapsed, collapsed, 0.5, 4, "auto"), closed, **TOL)
+    assert MecHParams().eps_sq == 64 / 2048 and MecHParams().logdet == "auto"  # MEC code: --eps 64 / --dim 2048
+
+
+def _gradient_ratio(hparams: dict) -> float:
+    """beta |grad L_MEC| / |grad CE| over the parameters of a W4A4 small_cnn, random init and images."""
+    model, (x, y) = _cnn(0), _images(seed=4, n=32)
+    method = _build("mec", model, hparams)
+    logits, z1, _ = method.representations(x)
+    z1 = F.normalize(z1, dim=1)
+    l_mec = -method.hparams.eps_sq * method.gated_log_det(z1, z1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_ce = torch.autograd.grad(F.cross_entropy(logits, y), params, retain_graph=True)
+    g_mec = torch.autograd.grad(l_mec, params, allow_unused=True)  # the classifier is not in L_MEC
+    size = lambda grads: torch.sqrt(sum(g.square().sum() for g in grads if g is not None))  # noqa: E731
+    return (method.hparams.beta * size(g_mec) / size(g_ce)).item()
+
+
+def test_mec_term_pulls_as_hard_as_the_task_loss_at_defaults_and_far_harder_than_the_old_default():
+    at_defaults = _gradient_ratio({})
+    old = _gradient_ratio({"eps_sq": 2.0, "logdet": "series", "beta": 0.01})  # the earlier default
+    assert 0.05 < at_defaults < 20, at_defaults
+    assert old < 0.01 and at_defaults > 30 * old, (old, at_defaults)

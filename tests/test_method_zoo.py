@@ -340,7 +340,7 @@ def test_lsq_sharpness_methods_perturb_step_sizes_only_when_asked(name):
         expected[perturb] = [di for di, s in zip(d, is_step) if s]
         assert any(not torch.equal(a, b) for a, b, s in zip(w, _params(model), is_step) if s)  # steps learn
     assert _far(expected["weights"], expected["weights_and_steps"], 1e-6)  # the two modes are told apart
-    assert METHODS.get(name).HParams().perturb == "weights"
+    assert METHODS.get(name).HParams().perturb == "weights_and_steps"  # SAGM's code perturbs every parameter
 
 
 # ----------------------------------------------------------------------------------- KD
@@ -488,6 +488,17 @@ def test_gaqat_disorder_flips_of_the_task_sign_or_conflict_with_the_smoothness_s
     assert method.frozen == frozen
 
 
+def test_gaqat_default_disorder_is_the_conflict_of_its_two_sign_sequences():
+    assert METHODS.get("gaqat").HParams().disorder == "conflict"  # the reviews: task and smoothness sequences
+    method, params, where = _gaqat(window=4, every=4, tau=0.3)
+    for t in range(4):
+        alt = 1 if t % 2 == 0 else -1
+        g, g_p = _synthetic(params, where, [1, 1, alt, 1], [1, -1, alt, alt], seed=t)
+        method.combine(params, g, g_p)
+    assert method.last_disorder == [0.0, 1.0, 0.0, 0.5]  # flips of g_task alone would give [0, 0, 1, 0]
+    assert method.frozen == [True, False, True, False]
+
+
 def test_gaqat_judges_only_full_windows():
     method, params, where = _gaqat(window=4, every=2, tau=0.5)
     for t in range(1, 7):
@@ -500,7 +511,8 @@ def test_gaqat_judges_only_full_windows():
 def test_gaqat_update_moves_frozen_step_sizes_along_half_the_smoothness_gradient_only():
     rho, alpha = 0.3, 0.05
     x, y = _data()
-    method, params, where = _gaqat(window=2, every=2, tau=1.5, alpha=alpha)  # tau > 1: all freeze at step 2
+    # tau > 1: all freeze at step 2; weights-only perturbation keeps the hand computation's step sizes fixed
+    method, params, where = _gaqat(window=2, every=2, tau=1.5, alpha=alpha, perturb="weights")
     for seed in (20, 21):
         method.update(_envs(*_data(seed)))
     assert all(method.frozen) and len(method.frozen_at) == 4
@@ -598,7 +610,8 @@ def test_fqat_update_on_a_quantized_model_leaves_the_frozen_layer_as_freeze_says
     x, y = _data()
     # two layers, at most one frozen; margin -100: the most disordered layer is always unstable
     method, params, index = _fqat(
-        widths=(3, 4, 2), window=2, margin=-100.0, max_frozen=0.5, freeze=freeze, alpha=alpha, disorder="conflict"
+        widths=(3, 4, 2), window=2, margin=-100.0, max_frozen=0.5, freeze=freeze, alpha=alpha, disorder="conflict",
+        perturb="weights",
     )
     method.update(_envs(*_data(30)))
     assert method.frozen_now == []
@@ -719,7 +732,7 @@ def test_erm_lsq_plus_kd_gaqat_run_end_to_end_through_the_cli(tmp_path, monkeypa
     assert (
         0 <= gaqat["method_state.n_frozen"] <= gaqat["method_state.n_scales"] == 10
     )  # 5 layers, weight and input steps
-    assert gaqat["effective_hparams.perturb"] == "weights" and gaqat["effective_hparams.window"] == 2
+    assert gaqat["effective_hparams.perturb"] == "weights_and_steps" and gaqat["effective_hparams.window"] == 2
     assert records["kd"]["effective_hparams.temperature"] == 4.0
     state = torch.load(results / "zoo" / records["lsq_plus"]["run_id"] / "model.pt", weights_only=False)
     assert any(k.endswith("a_quant.offset") for k in state)  # LSQ+ activation quantizers, learnable offset

@@ -193,9 +193,18 @@ def test_asymmetric_step_gradient_per_channel():
     torch.testing.assert_close(grad, torch.tensor([1.0, 5.1], dtype=F64) / math.sqrt(8 * 7))
 
 
-def test_asymmetric_is_weights_only():
-    with pytest.raises(ValueError, match="weights only"):
-        LsqQuantizer(4, "activation", symmetric=False)
+def test_asymmetric_activations_start_from_the_first_batch_min_max_as_fpq_quantizes_them():
+    # the weight example's values as a batch of 2 samples: min -0.95, max 2.05 -> s = 0.2, z = 5, levels -5..10
+    quantizer = LsqQuantizer(4, "activation", symmetric=False)
+    out = quantizer(ASYM_WEIGHT.view(2, 4))
+    torch.testing.assert_close(quantizer.step.detach(), torch.tensor(0.2))
+    assert quantizer.zero_point.item() == 5.0
+    expected = torch.tensor([[-1.0, 0.6, 2.0, 0.2], [-0.2, 0.0, 0.4, 1.0]])
+    torch.testing.assert_close(out, expected)
+    model = quantize_model(build_model("small_cnn", (1, 28, 28), 10, {}), QuantSpec(4, 4, a_symmetric=False))
+    assert any(key.endswith("a_quant.zero_point") for key in model.state_dict())
+    with pytest.raises(ValueError, match="a_symmetric applies to the lsq quantizer only"):
+        QuantSpec(4, 4, quantizer="pact", a_symmetric=False)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

@@ -279,7 +279,9 @@ def test_delta_references_become_notes_beside_our_own_delta(records, tmp_path):
     notes = _notes(_render(records, tmp_path, *PAPER_A))
     assert notes[:2] == [
         # ours: OOD Avg means 57.8 (gaqat) - 52.5 (lsq), see BASE
-        "Paper B abstract: gaqat − lsq, OOD Avg, W4A4 (resnet18): up to +4.5 pp; here: +5.3 pp (gaqat − lsq, W4A4).",
+        # "up to" is a maximum over domains: printed as a bound, our largest per-domain delta beside it
+        "Paper B abstract: gaqat − lsq, OOD max over test domains, W4A4 (resnet18): up to +4.5 pp (a bound, not an "
+        "average); here: largest +5.3 pp over 4 test domains, Avg +5.3 pp (gaqat − lsq, W4A4).",
         "Paper B Table 9: gaqat − unknown, OOD Avg, W4A4 (resnet18): +2.0 pp; "
         "here: not comparable (the paper names no baseline).",
     ]
@@ -419,7 +421,8 @@ def test_the_committed_gaqat_references_join_a_pacs_resnet18_table(records):
         "OOD Avg": "86.92",
     }
     assert _notes(text) == [
-        "arXiv:2412.05551 abstract: gaqat − lsq_sagm, OOD Avg, W4A4 (resnet50): up to +4.5 pp; "
+        "arXiv:2412.05551 abstract: gaqat − lsq_sagm, OOD max over test domains, W4A4 (resnet50): up to +4.5 pp "
+        "(a bound, not an average); "
         "here: not run: lsq_sagm at W4A4.",
         "[paper] rows and paper deltas as printed in: Wang-pengfei/SAGM README; arXiv:2412.05551 abstract; "
         "saqibjaved1/QT-DoG README.md (commit e9d55eb).",  # QT-DoG's FP rows (erm, swad, eoa, diwa)

@@ -31,6 +31,7 @@ DEFAULT_PERCENTILE = 99.99
 # switches that only some quantizers have: (their default, the quantizers that have them)
 SWITCHES = {
     "w_symmetric": (True, ("lsq", *OBSERVERS)),
+    "a_symmetric": (True, ("lsq",)),
     "grad_scale": ("layer", ("lsq",)),
     "a_init": ("batch", ("lsq",)),
     "percentile": (DEFAULT_PERCENTILE, ("percentile",)),
@@ -62,6 +63,7 @@ class QuantSpec:
     w_per_channel: bool = False  # LSQ paper: per tensor; FQAT/GAQAT authors' code and FPQ: per channel
     first_last: FirstLast = "8bit"  # LSQ paper: 8-bit; "fp" keeps them float; "same" quantizes them like the rest
     w_symmetric: bool = True  # LSQ: signed levels around 0; False: zero point fixed at init (FPQ via MQBench)
+    a_symmetric: bool = True  # LSQ: levels from 0 (or signed); False: zero point, min/max start (FPQ Eqs. 3-6)
     grad_scale: str = "layer"  # LSQ: N = weights / features per sample; "tensor": numel incl. batch (lsq-net fork)
     a_init: str = "batch"  # LSQ: 2 mean|x| / sqrt(Q_P) on the first batch; "one": 1.0 (lsq-net fork)
     calib_images: int = 0  # 0: ranges from a training minibatch per domain; N: N seeded unaugmented images (FPQ: 100)

@@ -77,6 +77,7 @@ class QuantOverrides(_Strict):
     w_per_channel: bool | None = None
     first_last: Literal[FIRST_LAST_CHOICES] | None = None  # type: ignore[valid-type]
     w_symmetric: bool | None = None
+    a_symmetric: bool | None = None
     grad_scale: Literal[GRAD_COUNTS] | None = None  # type: ignore[valid-type]
     a_init: Literal[A_INITS] | None = None  # type: ignore[valid-type]
     calib_images: int | None = Field(default=None, ge=0)
@@ -172,6 +173,7 @@ class QuantConfig(_Strict):
     w_per_channel: bool = False
     first_last: Literal[FIRST_LAST_CHOICES] = "8bit"  # type: ignore[valid-type]
     w_symmetric: bool = True
+    a_symmetric: bool = True  # False: asymmetric activations, zero point from min/max (lsq; FPQ)
     grad_scale: Literal[GRAD_COUNTS] = "layer"  # type: ignore[valid-type]
     a_init: Literal[A_INITS] = "batch"  # type: ignore[valid-type]
     calib_images: int = Field(default=0, ge=0)  # 0: one training minibatch per domain; N: N unaugmented images

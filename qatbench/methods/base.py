@@ -5,9 +5,9 @@
     logits = method.predict(x)
 
 The runner builds, quantizes and hands over the model (and, for methods that need one, the
-frozen full-precision teacher); methods never read files. Each method declares a frozen
-`HParams` dataclass next to its code whose defaults are its paper's values, with a comment
-saying where each comes from.
+frozen full-precision teacher); methods never read files. Each method declares one flat, frozen
+`HParams` dataclass next to its code whose defaults are its paper's values, each field declared
+with `hparam(default, source)` (hparams.py) saying where it comes from.
 """
 
 from __future__ import annotations

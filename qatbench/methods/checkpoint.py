@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qatbench.methods.base import Method, Minibatches
+from qatbench.methods.hparams import hparam
 from qatbench.methods.registry import METHODS
 
 
 @dataclass(frozen=True)
 class CheckpointHParams:
-    sha256: str = ""  # of the checkpoint file; filled in by qatbench, never by hand
+    sha256: str = hparam("", "qatbench: the checkpoint file's, filled in by qatbench, never by hand")
 
 
 @METHODS.register("checkpoint", summary="evaluates a checkpoint trained elsewhere (no training)")

@@ -35,26 +35,34 @@ from typing import Any, Literal
 import torch
 from torch.nn import functional as F
 
-from qatbench.methods.base import require
-from qatbench.methods.erm import ERM, LsqHParams, LsqRecipe
-from qatbench.methods.kd import distillation_loss
+from qatbench.methods.base import Minibatches, concat, require
+from qatbench.methods.erm import ERM, Optimizer, Schedule
+from qatbench.methods.hparams import hparam
+from qatbench.methods.kd import distillation_loss, teacher_forward
+from qatbench.methods.optim import minimise
 from qatbench.methods.registry import METHODS
 
 Augment = Literal["crop_flip", "none"]
 
 
 @dataclass(frozen=True)
-class CrHParams(LsqHParams):
-    teacher: Literal["ema", "fp"] = "ema"  # [AI-SUM] "teacher-student framework with EMA updates"
-    ema_decay: float = 0.999  # reconstruction: mean teacher's (Tarvainen & Valpola 2017) value after ramp-up
-    teacher_mode: Literal["train", "eval"] = "train"  # reconstruction: mean teacher's code runs the EMA model in
-    # train mode (batch BN statistics), so identical views and weights give exactly zero consistency
-    augment: Augment = "crop_flip"  # reconstruction: the standard CIFAR augmentation
-    pad: int = 4  # reconstruction: mean teacher's CIFAR translation by up to 4 px, reflect-padded
-    temperature: float = 1.0  # reconstruction: mean teacher and UDA compare unsharpened softmaxes
-    consistency_weight: float = 1.0  # reconstruction: KL and CE are both nats per sample (UDA's weight 1)
-    ramp: Literal["sigmoid", "linear", "none"] = "sigmoid"  # reconstruction: Laine & Aila 2017's ramp-up
-    ramp_fraction: float = 0.3  # reconstruction: Laine & Aila ramp over 80 of 300 epochs
+class CrHParams:
+    optimizer: Optimizer = hparam("sgd", "LSQ Sec. 3 (CR fine-tunes LSQ models)")
+    lr: float | None = hparam(None, "LSQ Sec. 3 by weight bits (None: 0.01 at 2-4 bits, 0.001 at 8 bits)")
+    weight_decay: float | None = hparam(None, "LSQ Table 2 by weight bits (None: 1e-4 / 0.5e-4 / 0.25e-4)")
+    momentum: float = hparam(0.9, "LSQ Sec. 3")
+    schedule: Schedule = hparam("cosine", "LSQ Sec. 3, no restarts")
+    teacher: Literal["ema", "fp"] = hparam("ema", '[AI-SUM] "teacher-student framework with EMA updates"')
+    ema_decay: float = hparam(0.999, "RECONSTRUCTION: mean teacher's (Tarvainen & Valpola 2017) value after ramp-up")
+    # mean teacher's code runs the EMA model in train mode (batch BN statistics), so identical views
+    # and weights give exactly zero consistency
+    teacher_mode: Literal["train", "eval"] = hparam("train", "RECONSTRUCTION: mean teacher's code")
+    augment: Augment = hparam("crop_flip", "RECONSTRUCTION: the standard CIFAR augmentation")
+    pad: int = hparam(4, "RECONSTRUCTION: mean teacher's CIFAR translation by up to 4 px, reflect-padded")
+    temperature: float = hparam(1.0, "RECONSTRUCTION: mean teacher and UDA compare unsharpened softmaxes")
+    consistency_weight: float = hparam(1.0, "RECONSTRUCTION: KL and CE are both nats per sample (UDA's weight 1)")
+    ramp: Literal["sigmoid", "linear", "none"] = hparam("sigmoid", "RECONSTRUCTION: Laine & Aila 2017's ramp-up")
+    ramp_fraction: float = hparam(0.3, "RECONSTRUCTION: Laine & Aila ramp over 80 of 300 epochs")
 
     def __post_init__(self):
         require(self, "ema_decay", low=0.0, high=1.0)
@@ -111,7 +119,8 @@ def ramp(t: float, length: float, kind: str) -> float:
     summary="LSQ + KL consistency of two augmented views to an EMA teacher (reconstruction)",
     paper="Pang et al. 2024, arXiv:2402.13497",
 )
-class CR(LsqRecipe, ERM):
+class CR(ERM):
+    kind = "qat"
     HParams = CrHParams
     needs_teacher = True  # the FP parent, used only with teacher "fp"
 
@@ -125,35 +134,31 @@ class CR(LsqRecipe, ERM):
         else:
             self.teacher.eval().requires_grad_(False)
         self.steps_taken = 0
-        self.parts: dict[str, Any] = {}
 
     def consistency_weight(self) -> float:
         length = self.hparams.ramp_fraction * self.total_steps
         return self.hparams.consistency_weight * ramp(self.steps_taken, length, self.hparams.ramp)
 
-    @torch.no_grad()
-    def teacher_logits(self, v2: torch.Tensor) -> torch.Tensor:
-        if self.hparams.teacher == "fp":
-            return self.teacher(v2)
-        self.ema_teacher.train(self.hparams.teacher_mode == "train")
-        return self.ema_teacher(v2)
-
-    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        v1, v2 = self.views(x)  # 1
-        z_s = self.model(v1)  # 2
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        x, y = concat(minibatches)
+        v1, v2 = self.views(x)  # 1.
+        z_s = self.model(v1)  # 2.
         z_t = self.teacher_logits(v2)
-        ce = F.cross_entropy(z_s, y)  # 3
+        ce = F.cross_entropy(z_s, y)  # 3.
         consistency = distillation_loss(z_s, z_t, y, self.hparams.temperature, alpha=1.0)  # T^2 KL(t || s)
         weight = self.consistency_weight()
-        self.parts = {"ce": ce.detach(), "consistency": consistency.detach(), "weight": weight}
-        return ce + weight * consistency
-
-    def update(self, minibatches) -> dict[str, float]:
-        losses = super().update(minibatches)  # 1-4
+        loss = ce + weight * consistency
+        minimise(self.optimizer, self.schedule, loss)  # 4.
         if self.hparams.teacher == "ema":
-            self.ema_step()  # 5
+            self.ema_step()  # 5.
         self.steps_taken += 1
-        return {**losses, **{name: float(value) for name, value in self.parts.items()}}
+        return {"loss": loss.item(), "ce": ce.item(), "consistency": consistency.item(), "weight": float(weight)}
+
+    def teacher_logits(self, v2: torch.Tensor) -> torch.Tensor:
+        if self.hparams.teacher == "fp":
+            return teacher_forward(self.teacher, v2)
+        self.ema_teacher.train(self.hparams.teacher_mode == "train")
+        return teacher_forward(self.ema_teacher, v2)
 
     @torch.no_grad()
     def ema_step(self) -> None:

@@ -12,43 +12,46 @@
 1. x, y = all training domains' minibatches, concatenated
 2. loss = cross_entropy(model(x), y)
 3. one optimiser step on the weights (and, for lsq, the step sizes); one schedule step
+
+`ERM` is also the base of every training method, as in DomainBed: it owns the base optimiser and
+its schedule (built from the method's hparams `optimizer`, `lr`, `weight_decay`, `momentum`,
+`schedule`; an lr or weight decay left None is LSQ's by weight bits), and each method writes its
+own `update`. A method that only changes the loss may override `objective` instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from qatbench.methods.base import Method, Minibatches, concat
-from qatbench.methods.optim import make_optimizer, make_schedule, param_groups
+from qatbench.methods.hparams import hparam
+from qatbench.methods.optim import lr_or_lsq, make_optimizer, make_schedule, minimise, param_groups, weight_decay_or_lsq
 from qatbench.methods.registry import METHODS
-from qatbench.methods.sharpness import set_grads
 
-LSQ_WEIGHT_DECAY_BELOW_4_BITS = {2: 0.25e-4, 3: 0.5e-4}  # LSQ Table 2; 1e-4 at 4 bits and above
-LSQ_LR_8_BITS, LSQ_LR = 1e-3, 1e-2  # LSQ Sec. 3
+Optimizer = Literal["adam", "sgd"]
+Schedule = Literal["constant", "cosine"]
 
 
 @dataclass(frozen=True)
 class ErmHParams:
-    optimizer: Literal["adam", "sgd"] = "adam"  # DomainBed
-    lr: float = 5e-5  # DomainBed, ResNet backbones (1e-3 for its MNIST CNN)
-    weight_decay: float = 0.0  # DomainBed
-    momentum: float = 0.9  # used by sgd only
-    schedule: Literal["constant", "cosine"] = "constant"  # DomainBed
+    optimizer: Optimizer = hparam("adam", "DomainBed")
+    lr: float = hparam(5e-5, "DomainBed, ResNet backbones (1e-3 for its MNIST CNN)")
+    weight_decay: float = hparam(0.0, "DomainBed")
+    momentum: float = hparam(0.9, "used by sgd only; LSQ Sec. 3's value")
+    schedule: Schedule = hparam("constant", "DomainBed")
 
 
 @dataclass(frozen=True)
 class LsqHParams:
-    optimizer: Literal["adam", "sgd"] = "sgd"  # LSQ Sec. 3
-    lr: float | None = None  # None: LSQ Sec. 3 by weight bits (0.01 at 2-4 bits, 0.001 at 8 bits)
-    weight_decay: float | None = None  # None: LSQ Table 2 by weight bits (1e-4 / 0.5e-4 / 0.25e-4)
-    momentum: float = 0.9  # LSQ Sec. 3
-    schedule: Literal["constant", "cosine"] = "cosine"  # LSQ Sec. 3, no restarts
+    optimizer: Optimizer = hparam("sgd", "LSQ Sec. 3")
+    lr: float | None = hparam(None, "LSQ Sec. 3 by weight bits (None: 0.01 at 2-4 bits, 0.001 at 8 bits)")
+    weight_decay: float | None = hparam(None, "LSQ Table 2 by weight bits (None: 1e-4 / 0.5e-4 / 0.25e-4)")
+    momentum: float = hparam(0.9, "LSQ Sec. 3")
+    schedule: Schedule = hparam("cosine", "LSQ Sec. 3, no restarts")
 
 
 @METHODS.register("erm", summary="full-precision ERM (DomainBed baseline)", paper="Gulrajani & Lopez-Paz, ICLR 2021")
@@ -58,61 +61,30 @@ class ERM(Method):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.lr, self.weight_decay = self._lr(), self._weight_decay()
-        self.optimizer = make_optimizer(
-            param_groups(self.model, self.weight_decay), self.hparams.optimizer, self.lr, self.hparams.momentum
-        )
-        self.schedule = make_schedule(self.optimizer, self.hparams.schedule, self.total_steps)
-
-    def _lr(self) -> float:
-        return self.hparams.lr
-
-    def _weight_decay(self) -> float:
-        return self.hparams.weight_decay
+        hp, w_bits = self.hparams, self.quant.w_bits if self.quant else 4
+        self.lr, self.weight_decay = lr_or_lsq(hp.lr, w_bits), weight_decay_or_lsq(hp.weight_decay, w_bits)
+        self.optimizer = make_optimizer(param_groups(self.model, self.weight_decay), hp.optimizer, self.lr, hp.momentum)
+        self.schedule = make_schedule(self.optimizer, hp.schedule, self.total_steps)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss one step minimises (subclasses that only change the loss override this)."""
+        """The loss one step minimises (a subclass that only changes the loss overrides this)."""
         return F.cross_entropy(self.model(x), y)
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
-        x, y = concat(minibatches)
-        loss = self.objective(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.schedule.step()
+        x, y = concat(minibatches)  # 1.
+        loss = self.objective(x, y)  # 2.
+        minimise(self.optimizer, self.schedule, loss)  # 3.
         return {"loss": loss.item()}
-
-    def descend(self, params: Sequence[nn.Parameter], direction: Sequence[torch.Tensor | None]) -> None:
-        """One base-optimiser step along `direction` (a None entry leaves its parameter alone)."""
-        set_grads(params, direction)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.schedule.step()
 
     def effective_hparams(self) -> dict[str, Any]:
         return {**super().effective_hparams(), "lr": self.lr, "weight_decay": self.weight_decay}
 
 
 class LsqRecipe:
-    """LSQ's optimiser recipe (lr and weight decay by bit width when left None), shared by every
-    QAT method that fine-tunes like LSQ so that only its objective differs from `lsq`."""
+    """Marks a QAT method that fine-tunes like LSQ (kept for subclasses written as `(LsqRecipe, ERM)`:
+    `ERM` itself fills in LSQ's lr and weight decay wherever the hparams leave them None)."""
 
     kind = "qat"
-
-    @property
-    def _w_bits(self) -> int:
-        return self.quant.w_bits if self.quant else 4
-
-    def _lr(self) -> float:
-        if self.hparams.lr is not None:
-            return self.hparams.lr
-        return LSQ_LR_8_BITS if self._w_bits >= 8 else LSQ_LR
-
-    def _weight_decay(self) -> float:
-        if self.hparams.weight_decay is not None:
-            return self.hparams.weight_decay
-        return LSQ_WEIGHT_DECAY_BELOW_4_BITS.get(self._w_bits, 1e-4)
 
 
 @METHODS.register(
@@ -120,5 +92,6 @@ class LsqRecipe:
     summary="plain QAT with learned step sizes, fine-tuned from FP",
     paper="Esser et al., ICLR 2020, arXiv:1902.08153",
 )
-class LSQ(LsqRecipe, ERM):
+class LSQ(ERM):
+    kind = "qat"
     HParams = LsqHParams

@@ -37,23 +37,24 @@ from torch.nn import functional as F
 
 from qatbench.config.spec import OBSERVERS
 from qatbench.methods.base import Minibatches, concat, require
-from qatbench.methods.erm import ERM
+from qatbench.methods.erm import ERM, Optimizer, Schedule
+from qatbench.methods.hparams import hparam
 from qatbench.methods.registry import METHODS
 from qatbench.quant import layer_bits, range_step
 
 
 @dataclass(frozen=True)
 class DnqHParams:
-    optimizer: Literal["adam", "sgd"] = "sgd"  # reconstruction: FPQ's CIFAR recipe (same group)
-    lr: float = 0.01  # FPQ Sec. 4
-    weight_decay: float = 5e-4  # FPQ Sec. 4
-    momentum: float = 0.9  # FPQ Sec. 4
-    schedule: Literal["constant", "cosine"] = "cosine"  # FPQ Sec. 4
-    weight_noise: bool = True  # WQE (abstract)
-    act_noise: bool = True  # AQE (abstract)
-    act_p: float = 0.5  # reconstruction: "stochastic activation noise" (AI summary); FPQ's p is 0.1-0.5
-    noise_scale: float = 1.0  # reconstruction: sigma = noise_scale * Delta / sqrt(12)
-    range_momentum: float = 0.1  # reconstruction: running min/max of each layer's input, as BN's
+    optimizer: Optimizer = hparam("sgd", "RECONSTRUCTION: FPQ's CIFAR recipe (same group); the paper's is not known")
+    lr: float = hparam(0.01, "FPQ Sec. 4")
+    weight_decay: float = hparam(5e-4, "FPQ Sec. 4")
+    momentum: float = hparam(0.9, "FPQ Sec. 4")
+    schedule: Schedule = hparam("cosine", "FPQ Sec. 4")
+    weight_noise: bool = hparam(True, "WQE (abstract)")
+    act_noise: bool = hparam(True, "AQE (abstract)")
+    act_p: float = hparam(0.5, 'RECONSTRUCTION: "stochastic activation noise" (AI summary); FPQ\'s p is 0.1-0.5')
+    noise_scale: float = hparam(1.0, "RECONSTRUCTION: sigma = noise_scale * Delta / sqrt(12)")
+    range_momentum: float = hparam(0.1, "RECONSTRUCTION: running min/max of each layer's input, as BN's")
 
     def __post_init__(self):
         require(self, "act_p", low=0.0, high=1.0)

@@ -18,7 +18,8 @@ gradient reaches the step size through the noise); where the noise goes relative
 fake quantizer (`noise_at`); eps; each layer's squared differences averaged, not summed
 (`csd_reduction`: the printed sum diverged); CSD covers every conv, also one a suite leaves in
 float. The paper's suite settings, not hparams here (Sec. 4): batch 256, 200 epochs, asymmetric
-per-channel weights, first and last layers 8-bit, 100 calibration images.
+per-channel weights and asymmetric activations (quant `w_symmetric`, `a_symmetric`: false), first and
+last layers 8-bit, 100 calibration images.
 
 The hooks are installed once, at construction, and do nothing outside `update`: the runner
 torch.compiles long runs after building the method, and compiled code neither sees hooks registered
@@ -36,30 +37,37 @@ from torch import nn
 from torch.nn import functional as F
 
 from qatbench.methods.base import Minibatches, concat, require
-from qatbench.methods.erm import ERM, LsqHParams, LsqRecipe
+from qatbench.methods.erm import ERM, Optimizer, Schedule
+from qatbench.methods.hparams import hparam
+from qatbench.methods.optim import minimise
 from qatbench.methods.registry import METHODS
 from qatbench.quant.layers import QuantConv2d
 
 
 @dataclass(frozen=True)
-class FpqHParams(LsqHParams):
-    lr: float | None = 0.01  # FPQ Sec. 4 (cosine annealing, SGD momentum 0.9: LsqHParams)
-    weight_decay: float | None = 5e-4  # FPQ Sec. 4
-    p: float = 0.1  # FPQ Table 3 (best of 0 to 1)
+class FpqHParams:
+    optimizer: Optimizer = hparam("sgd", "FPQ Sec. 4")
+    lr: float | None = hparam(0.01, "FPQ Sec. 4")
+    weight_decay: float | None = hparam(5e-4, "FPQ Sec. 4")
+    momentum: float = hparam(0.9, "FPQ Sec. 4")
+    schedule: Schedule = hparam("cosine", "FPQ Sec. 4 (cosine annealing)")
+    p: float = hparam(0.1, "FPQ Table 3 (best of 0 to 1)")
     # "input": Eq. 9 adds delta to the layer input x_s^l, before its fake quantizer (the literal
     # reading; within the clip range this is stochastic rounding, unbiased as Condition 2 asks);
-    # "quantized": after it, the conv sees off-grid values. RECONSTRUCTION, the paper does not say.
-    noise_at: Literal["input", "quantized"] = "input"
-    layers: Literal["conv"] = "conv"  # FPQ Sec. 3.2: convolutional layers
-    sfp: bool = True  # FPQ Table 2 ablation switches
-    csd: bool = True
-    csd_weight: float = 1.0  # FPQ Eq. 22 (no weight given)
+    # "quantized": after it, the conv sees off-grid values
+    noise_at: Literal["input", "quantized"] = hparam("input", "RECONSTRUCTION: the paper does not say; Eq. 9 literally")
+    layers: Literal["conv"] = hparam("conv", "FPQ Sec. 3.2: convolutional layers")
+    sfp: bool = hparam(True, "FPQ Table 2 ablation switch")
+    csd: bool = hparam(True, "FPQ Table 2 ablation switch")
+    csd_weight: float = hparam(1.0, "FPQ Eq. 22 (no weight given)")
     # "sum": Eq. 17 as printed. At weight 1 and lr 0.01 its gradient swamps CE's (the sum runs over
     # every feature of the batch) and sent small_cnn on RotatedMNIST W4A4 to chance accuracy, CSD at
     # ~2 per element: features uncorrelated with the teacher's; "batch_mean" (the RepnikovPavel/QAT
     # port's) did the same. "mean" (each layer's mean, F.mse_loss's, summed over layers) trained.
-    csd_reduction: Literal["sum", "batch_mean", "mean"] = "mean"  # RECONSTRUCTION
-    eps: float = 1e-5  # not given by the paper; BatchNorm's
+    csd_reduction: Literal["sum", "batch_mean", "mean"] = hparam(
+        "mean", "RECONSTRUCTION: Eq. 17's sum diverged at Eq. 22's weight 1"
+    )
+    eps: float = hparam(1e-5, "BatchNorm's; not given by the paper")
 
     def __post_init__(self):
         require(self, "p", low=0.0, high=1.0)
@@ -133,7 +141,8 @@ class _Capture:
     summary="LSQ + stochastic feature perturbation + channel-wise standardized distillation from FP",
     paper="Pang & Cai 2025, arXiv:2503.11159",
 )
-class FPQ(LsqRecipe, ERM):
+class FPQ(ERM):
+    kind = "qat"
     HParams = FpqHParams
     needs_teacher = True
     quantizers_allowed = ("lsq", "lsq_plus")  # SFP sizes its noise by a learnable activation step
@@ -194,10 +203,7 @@ class FPQ(LsqRecipe, ERM):
                 kept.clear()  # in place: compiled code guards on the dicts it writes to
         ce = F.cross_entropy(logits, y)
         loss = ce + hp.csd_weight * csd  # 4.
-        self.optimizer.zero_grad(set_to_none=True)  # 5.
-        loss.backward()
-        self.optimizer.step()
-        self.schedule.step()
+        minimise(self.optimizer, self.schedule, loss)  # 5.
         return {"loss": loss.item(), "ce": ce.item(), "csd": csd.item()}
 
     def train(self) -> None:

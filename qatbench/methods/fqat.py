@@ -9,8 +9,8 @@ freezing algorithm [that] dynamically determines which layers to freeze at each 
 "a gradient disorder metric [that] identifies unstable layers". Everything below the structure is
 a RECONSTRUCTION, every choice an hparam:
 
-1. g_task = grad L(w), g_flat = grad L(w') - g_task at SAGM's perturbed point w' (sagm.py);
-   d = g_task + 1/2 g_flat per parameter
+1. g_task = grad L(w), g_flat = grad L(w') - g_task at SAGM's perturbed point w' (sagm.py; w'
+   moves the step sizes too, as SAGM's optimizer does); d = g_task + 1/2 g_flat per parameter
 2. per quantized layer l (its weight, bias and step sizes), one value per step into a window of
    n steps (`disorder`): "flips", the fraction of the layer's coordinates whose sign of d
    reversed since the previous step; or "conflict", 1 when <g_task_l, g_flat_l> < 0 else 0
@@ -29,24 +29,46 @@ from typing import Any, Literal
 
 import torch
 
-from qatbench.methods.base import require
+from qatbench.methods.base import Minibatches, concat, require
 from qatbench.methods.disorder import Disorder, SignHistory
-from qatbench.methods.erm import LsqRecipe
+from qatbench.methods.erm import ERM, Optimizer, Schedule
+from qatbench.methods.hparams import hparam
+from qatbench.methods.optim import descend
 from qatbench.methods.registry import METHODS
-from qatbench.methods.sagm import LsqSagmHParams, SagmUpdate
+from qatbench.methods.sharpness import (
+    Perturb,
+    flatness_gradient,
+    gradient_at,
+    loss_and_grads,
+    of,
+    perturbed_parameters,
+    sagm_perturbation,
+    trainable,
+)
 from qatbench.quant import QuantConv2d, QuantLinear
 
 
 @dataclass(frozen=True)
-class FqatHParams(LsqSagmHParams):
-    window: int = 20  # n, RECONSTRUCTION
-    disorder: Disorder = "flips"  # RECONSTRUCTION
-    margin: float = 1.0  # RECONSTRUCTION: unstable = more than one std above the layers' mean
-    max_frozen: float = 0.25  # RECONSTRUCTION: at most a quarter of the layers frozen in one step
-    freeze: Literal["layer", "flat", "task"] = "layer"  # RECONSTRUCTION: what a frozen layer drops
+class FqatHParams:
+    optimizer: Optimizer = hparam("sgd", "LSQ Sec. 3 (FQAT fine-tunes LSQ models)")
+    lr: float | None = hparam(None, "LSQ Sec. 3 by weight bits (None: 0.01 at 2-4 bits, 0.001 at 8 bits)")
+    weight_decay: float | None = hparam(None, "LSQ Table 2 by weight bits (None: 1e-4 / 0.5e-4 / 0.25e-4)")
+    momentum: float = hparam(0.9, "LSQ Sec. 3")
+    schedule: Schedule = hparam("cosine", "LSQ Sec. 3, no restarts")
+    rho: float = hparam(0.05, "SAGM code")
+    alpha: float = hparam(0.001, "SAGM README, PACS")
+    smooth_weight: float = hparam(0.5, "SAGM code")
+    perturb: Perturb = hparam(
+        "weights_and_steps", "SAGM code: perturb_weights moves every parameter it updates, step sizes included"
+    )
+    window: int = hparam(20, "RECONSTRUCTION: n, as GAQAT's (same authors); the value was not found")
+    disorder: Disorder = hparam("flips", "RECONSTRUCTION: the abstract names a gradient disorder metric, no formula")
+    margin: float = hparam(1.0, "RECONSTRUCTION: unstable = more than one std above the layers' mean")
+    max_frozen: float = hparam(0.25, "RECONSTRUCTION: at most a quarter of the layers frozen in one step")
+    freeze: Literal["layer", "flat", "task"] = hparam("layer", "RECONSTRUCTION: the abstract freezes layers")
 
     def __post_init__(self):
-        super().__post_init__()
+        require(self, "rho", low=0.0)
         require(self, "window", low=2)
         require(self, "max_frozen", low=0.0, high=1.0)
 
@@ -68,7 +90,8 @@ def unstable_layers(disorder: torch.Tensor, margin: float, max_frozen: float) ->
     summary="QAT + flatness with disorder-guided layer freezing at every step (reconstruction)",
     paper="Jiang et al., ACM MM 2025, arXiv:2509.00859",
 )
-class FQAT(LsqRecipe, SagmUpdate):
+class FQAT(ERM):
+    kind = "qat"
     HParams = FqatHParams
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -85,6 +108,37 @@ class FQAT(LsqRecipe, SagmUpdate):
         self.frozen_now: list[int] = []
         self.frozen_counts = [0] * len(self.layer_names)
         self.steps_taken = 0
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        hp = self.hparams
+        x, y = concat(minibatches)
+        params, moving = trainable(self.model), perturbed_parameters(self.model, hp.perturb)
+        loss, g_task = loss_and_grads(self.model, x, y, params)  # 1.
+        e = sagm_perturbation(of(g_task, params, moving), hp.rho, hp.alpha)
+        perturbed_loss, g_p = gradient_at(self.model, x, y, params, moving, e)
+        d = self.combine(params, g_task, g_p)  # 1.-4.
+        descend(self.optimizer, self.schedule, params, d)  # 5.
+        return {"loss": loss.item(), "perturbed_loss": perturbed_loss.item()}
+
+    def combine(self, params: list, g_task: list[torch.Tensor], g_p: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Steps 1-4: d, with the unstable layers' part dropped as `freeze` says."""
+        if not hasattr(self, "_index"):
+            self._layout(params)
+        w = self.hparams.smooth_weight
+        g_flat = flatness_gradient(g_task, g_p)  # 1.
+        d: list[torch.Tensor | None] = [a + w * f for a, f in zip(g_task, g_flat, strict=True)]
+        self.history.record(self.layer_disorder(g_task, g_flat, d))  # 2.
+        self.steps_taken += 1
+        self.frozen_now = []
+        if self.history.full:  # 3.
+            self.frozen_now = unstable_layers(
+                self.history.rows.mean(dim=0), self.hparams.margin, self.hparams.max_frozen
+            )
+        for layer in self.frozen_now:  # 4.
+            self.frozen_counts[layer] += 1
+            for i in self._index[layer]:
+                d[i] = {"layer": None, "flat": g_task[i], "task": w * g_flat[i]}[self.hparams.freeze]
+        return d
 
     def _layout(self, params: list) -> None:
         """Where each layer's parameters sit in `params`, and which layer each element of their
@@ -105,10 +159,12 @@ class FQAT(LsqRecipe, SagmUpdate):
     def _concat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([tensors[i].reshape(-1) for i in self._order])
 
-    def layer_disorder(self, g: list[torch.Tensor], g_flat: list[torch.Tensor], d: list[torch.Tensor]) -> torch.Tensor:
-        """This step's value of the disorder metric for every layer."""
+    def layer_disorder(
+        self, g_task: list[torch.Tensor], g_flat: list[torch.Tensor], d: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Step 2: this step's value of the disorder metric for every layer."""
         if self.hparams.disorder == "conflict":
-            return (self._per_layer_sum(self._concat(g) * self._concat(g_flat)) < 0).float()
+            return (self._per_layer_sum(self._concat(g_task) * self._concat(g_flat)) < 0).float()
         signs = self._concat(d).sign()
         if self.previous_signs is None:
             values = torch.zeros(len(self._index), device=signs.device)
@@ -116,25 +172,6 @@ class FQAT(LsqRecipe, SagmUpdate):
             values = self._per_layer_sum((signs != self.previous_signs).to(self._sizes.dtype)) / self._sizes
         self.previous_signs = signs
         return values
-
-    def combine(self, params: list, g: list[torch.Tensor], g_p: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        if not hasattr(self, "_index"):
-            self._layout(params)
-        w = self.hparams.smooth_weight
-        g_flat = [b - a for a, b in zip(g, g_p, strict=True)]
-        d: list[torch.Tensor | None] = [a + w * f for a, f in zip(g, g_flat, strict=True)]
-        self.history.record(self.layer_disorder(g, g_flat, d))
-        self.steps_taken += 1
-        self.frozen_now = []
-        if self.history.full:
-            self.frozen_now = unstable_layers(
-                self.history.rows.mean(dim=0), self.hparams.margin, self.hparams.max_frozen
-            )
-        for layer in self.frozen_now:
-            self.frozen_counts[layer] += 1
-            for i in self._index[layer]:
-                d[i] = {"layer": None, "flat": g[i], "task": w * g_flat[i]}[self.hparams.freeze]
-        return d
 
     def summary(self) -> dict[str, Any]:
         steps = max(self.steps_taken, 1)

@@ -22,18 +22,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qatbench.methods.base import Minibatches, concat, require
-from qatbench.methods.erm import ERM, ErmHParams
+from qatbench.methods.erm import ERM, Optimizer, Schedule
+from qatbench.methods.hparams import hparam
+from qatbench.methods.optim import descend
 from qatbench.methods.registry import METHODS
-from qatbench.methods.sharpness import EPS, bn_statistics_frozen, dot, loss_and_grads, moved, norm, scaled, trainable
+from qatbench.methods.sharpness import EPS, bn_statistics_frozen, dot, loss_and_grads, moved, norm, sam_perturbation, trainable
 
 
 @dataclass(frozen=True)
-class GamHParams(ErmHParams):
-    grad_norm_rho: float = 0.2  # rho_t, xxgege/GAM CIFAR-10 ResNet
-    grad_rho: float = 0.03  # rho', xxgege/GAM CIFAR-10 ResNet
-    grad_beta_0: float = 0.1  # xxgege/GAM CIFAR-10 ResNet
-    grad_beta_1: float = 0.1  # xxgege/GAM CIFAR-10 ResNet
-    grad_gamma: float = 0.05  # xxgege/GAM CIFAR-10 ResNet
+class GamHParams:
+    optimizer: Optimizer = hparam("adam", "DomainBed's ERM, so that only the objective differs from erm")
+    lr: float = hparam(5e-5, "DomainBed, ResNet backbones")
+    weight_decay: float = hparam(0.0, "DomainBed")
+    momentum: float = hparam(0.9, "used by sgd only; LSQ Sec. 3's value")
+    schedule: Schedule = hparam("constant", "DomainBed")
+    grad_norm_rho: float = hparam(0.2, "rho_t, xxgege/GAM CIFAR-10 ResNet")
+    grad_rho: float = hparam(0.03, "rho', xxgege/GAM CIFAR-10 ResNet")
+    grad_beta_0: float = hparam(0.1, "xxgege/GAM CIFAR-10 ResNet")
+    grad_beta_1: float = hparam(0.1, "xxgege/GAM CIFAR-10 ResNet")
+    grad_gamma: float = hparam(0.05, "xxgege/GAM CIFAR-10 ResNet")
 
     def __post_init__(self):
         for name in ("grad_norm_rho", "grad_rho", "grad_gamma"):
@@ -52,21 +59,20 @@ class GAM(ERM):
         hp = self.hparams
         x, y = concat(minibatches)
         params = trainable(self.model)
-        loss, g0 = loss_and_grads(self.model, x, y, params)
+        loss, g0 = loss_and_grads(self.model, x, y, params)  # 1.
         with bn_statistics_frozen(self.model):
-            with moved(params, scaled(g0, hp.grad_rho / (norm(g0) + EPS))):
-                _, g1 = loss_and_grads(self.model, x, y, params)
-            h = [a - b for a, b in zip(g1, g0, strict=True)]
-            to_w2 = scaled(h, hp.grad_norm_rho / (norm(h) + EPS))
-            with moved(params, to_w2):
-                _, g2 = loss_and_grads(self.model, x, y, params)
-                with moved(params, scaled(g2, hp.grad_rho / (norm(g2) + EPS))):
-                    _, g3 = loss_and_grads(self.model, x, y, params)
+            with moved(params, sam_perturbation(g0, hp.grad_rho)):
+                _, g1 = loss_and_grads(self.model, x, y, params)  # 2.
+            h = [a - b for a, b in zip(g1, g0, strict=True)]  # 3.
+            with moved(params, sam_perturbation(h, hp.grad_norm_rho)):
+                _, g2 = loss_and_grads(self.model, x, y, params)  # 4.
+                with moved(params, sam_perturbation(g2, hp.grad_rho)):
+                    _, g3 = loss_and_grads(self.model, x, y, params)  # 5.
         beta2, beta3 = 1 - hp.grad_beta_0, 1 - hp.grad_beta_1
-        m = [a + abs(beta2) * b for a, b in zip(g0, g2, strict=True)]
+        m = [a + abs(beta2) * b for a, b in zip(g0, g2, strict=True)]  # 6.
         d = [hp.grad_beta_1 * a + beta3 * b for a, b in zip(g1, g3, strict=True)]
         d_norm, m_norm = norm(d), norm(m)
         cosine = dot(m, d) / (m_norm * d_norm + EPS)
-        d = [di - hp.grad_gamma * (mi - cosine * m_norm * di / (d_norm + EPS)) for mi, di in zip(m, d, strict=True)]
-        self.descend(params, d)
+        d = [di - hp.grad_gamma * (mi - cosine * m_norm * di / (d_norm + EPS)) for mi, di in zip(m, d, strict=True)]  # 7.
+        descend(self.optimizer, self.schedule, params, d)  # 8.
         return {"loss": loss.item()}

@@ -17,17 +17,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from qatbench.methods.base import require
-from qatbench.methods.erm import ERM, LsqHParams, LsqRecipe
+from qatbench.methods.base import Minibatches, concat, require
+from qatbench.methods.erm import ERM, Optimizer, Schedule
+from qatbench.methods.hparams import hparam
+from qatbench.methods.optim import minimise
 from qatbench.methods.registry import METHODS
 
 
 @dataclass(frozen=True)
-class KdHParams(LsqHParams):
-    temperature: float = 4.0  # common choice; Hinton et al. used 2-20
-    alpha: float = 0.9  # weight of the soft term; common choice
+class KdHParams:
+    optimizer: Optimizer = hparam("sgd", "LSQ Sec. 3 (FPQ's KD baseline fine-tunes like LSQ)")
+    lr: float | None = hparam(None, "LSQ Sec. 3 by weight bits (None: 0.01 at 2-4 bits, 0.001 at 8 bits)")
+    weight_decay: float | None = hparam(None, "LSQ Table 2 by weight bits (None: 1e-4 / 0.5e-4 / 0.25e-4)")
+    momentum: float = hparam(0.9, "LSQ Sec. 3")
+    schedule: Schedule = hparam("cosine", "LSQ Sec. 3, no restarts")
+    temperature: float = hparam(4.0, "RECONSTRUCTION: a common choice; Hinton et al. used 2-20")
+    alpha: float = hparam(0.9, "RECONSTRUCTION: a common weight of the soft term; not given by Hinton et al. or FPQ")
 
     def __post_init__(self):
         require(self, "temperature", low=0.01)
@@ -44,8 +52,15 @@ def distillation_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student, y)
 
 
+@torch.no_grad()
+def teacher_forward(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The frozen teacher's forward pass: no gradient, no graph kept."""
+    return teacher(x)
+
+
 @METHODS.register("kd", summary="LSQ + distillation from the FP parent", paper="Hinton et al. 2015, arXiv:1503.02531")
-class KD(LsqRecipe, ERM):
+class KD(ERM):
+    kind = "qat"
     HParams = KdHParams
     needs_teacher = True
 
@@ -55,10 +70,13 @@ class KD(LsqRecipe, ERM):
             raise ValueError("kd needs the full-precision parent as its teacher")
         self.teacher.eval().requires_grad_(False)
 
-    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        return distillation_loss(self.model(x), teacher_logits, y, self.hparams.temperature, self.hparams.alpha)
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        x, y = concat(minibatches)
+        z_t = teacher_forward(self.teacher, x)  # 1.
+        z_s = self.model(x)
+        loss = distillation_loss(z_s, z_t, y, self.hparams.temperature, self.hparams.alpha)  # 2.
+        minimise(self.optimizer, self.schedule, loss)  # 3.
+        return {"loss": loss.item()}
 
     def train(self) -> None:
         super().train()

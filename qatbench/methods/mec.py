@@ -14,19 +14,22 @@ Maximum Entropy Coding (NeurIPS 2022, arXiv:2210.11464). Everything else is a RE
    on the first ("two_views")
 2. experts e = 1..E: ranges of |Z| holding equal shares of the batch's entries (quantile edges,
    detached); Z_e = Z masked to range e; gate pi_e = the share of entries in range e (detached)
-3. L_e = mu log det(I + C_e), C_e = lambda Z1_e Z2_e^T, mu = (m + d) / 2, lambda = d / (m eps^2),
-   by the series Tr(sum_{k <= K} (-1)^{k+1} C^k / k) (or `exact`: torch.logdet, NaN for a pair
-   whose det(I + C) <= 0, which stops the run as diverged)
-4. loss = CE(z, y) + beta L_MEC, L_MEC = -sum_e pi_e L_e (minimising it maximises the entropy)
+3. L_e = log det(I + C_e), C_e = Z1_e Z2_e^T / (m eps_sq), eps_sq = eps^2 / d (MEC's `eps_d`:
+   its `--eps 64` over `--dim 2048`), by the series Tr(sum_{k <= K} (-1)^{k+1} C^k / k) while
+   ||C_e|| < 1 (where it converges) and otherwise exactly (torch.logdet; `logdet` forces either)
+4. loss = CE(z, y) + beta L_MEC, L_MEC = -eps_sq sum_e pi_e L_e: MEC's own loss (`-mec_loss *
+   lamda_inv`, i.e. the coding length mu log det(I + C) per sample, times 1/(lambda mu)), so that
+   its gradient is of the order of CE's at beta 1 (minimising it maximises the entropy)
 5. one step of LSQ's optimiser recipe
 
-Convergence: rows of norm <= 1 bound the spectral norm of C by lambda m = 1 / eps_sq (eps_sq =
-eps^2 / d, the MEC code's `ed2`), reached when the batch collapses to one direction. The series
-converges for every batch only when eps_sq > 1; its order-K error is then <= mu eps_sq^-(K+1) / (K+1)
-(single view: the eigenvalues s_i of C sum to 1 / eps_sq). MEC's ed2 in [0.01, 0.12] relies on
-spread features (m < d, near-orthogonal rows), which post-ReLU penultimate features are not, so
-eps_sq <= 1 is refused unless `exact` (ResNet-18 and -50 at initialisation: the top eigenvalue of
-Z Z^T holds 71-93% of its trace, so ed2 0.06 would give ||C|| of 12-16).
+The coding length mu log det(I + C), mu = (m + d) / 2, is recorded as `coding_length`.
+Convergence: rows of norm <= 1 bound the spectral norm of C by 1 / eps_sq, reached when the batch
+collapses to one direction; MEC's eps_sq (0.01-0.12) relies on spread features (m < d,
+near-orthogonal rows), which post-ReLU penultimate features are not (ResNet-18 and -50 at
+initialisation: the top eigenvalue of Z Z^T holds 71-93% of its trace, ||C|| of 12-16 at 0.06).
+MEC warms lambda up over 10 epochs for its series; the exact fallback makes that unnecessary here.
+An earlier default (eps_sq 2, the series only, mu log det scaled by beta 0.01) left only the small
+higher-order terms acting: with one view the first-order term Tr(C) = 1 / eps_sq is constant.
 The experts are our reading of "MoE over value ranges"; the paper's gating is not known. Each
 expert codes Z * mask_e as it is (re-normalising rows of small values would divide their gradient
 by a vanishing norm). The paper also names weights: `target` is "features" only, since a coding
@@ -44,23 +47,35 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qatbench.methods.base import require
+from qatbench.methods.base import Minibatches, concat, require
 from qatbench.methods.cr import TwoViews
-from qatbench.methods.erm import ERM, LsqHParams, LsqRecipe
+from qatbench.methods.erm import ERM, Optimizer, Schedule
+from qatbench.methods.hparams import hparam
+from qatbench.methods.optim import minimise
 from qatbench.methods.registry import METHODS
 
 
+LogDet = Literal["auto", "series", "exact"]
+MEC_EPS_SQ = 64 / 2048  # MEC code (xinliu20/MEC main_pretrain.py): eps_d = args.eps / d, --eps 64, --dim 2048
+
+
 @dataclass(frozen=True)
-class MecHParams(LsqHParams):
-    beta: float = 0.01  # reconstruction: beta |grad L_MEC| / |grad CE| = 0.09 (ResNet-50, m 96, d 2048), 0.03
-    # (ResNet-18, m 256, d 512), random init and inputs, W4A4: a regulariser; L_MEC grows with mu = (m + d) / 2
-    eps_sq: float = 2.0  # eps^2 / d; reconstruction: > 1 for a convergent series (MEC's ed2: 0.01-0.12)
-    taylor_order: int = 4  # K, MEC code's default order
-    exact: bool = False  # torch.logdet instead of the series
-    views: Literal["single", "fp_pair", "two_views"] = "single"  # reconstruction
-    pad: int = 4  # two_views only: cr.py's crop_flip
-    experts: int = 1  # E value ranges; 1: plain MEC
-    target: Literal["features"] = "features"  # weights left out (module docstring)
+class MecHParams:
+    optimizer: Optimizer = hparam("sgd", "LSQ Sec. 3 (MEC-Quant compares with LSQ)")
+    lr: float | None = hparam(None, "LSQ Sec. 3 by weight bits (None: 0.01 at 2-4 bits, 0.001 at 8 bits)")
+    weight_decay: float | None = hparam(None, "LSQ Table 2 by weight bits (None: 1e-4 / 0.5e-4 / 0.25e-4)")
+    momentum: float = hparam(0.9, "LSQ Sec. 3")
+    schedule: Schedule = hparam("cosine", "LSQ Sec. 3, no restarts")
+    # beta |grad L_MEC| / |grad CE| at 1: 0.37 (small_cnn W4A4, m 160, d 64), 0.06 (ResNet-18 at 64 px,
+    # m 64, d 512), random init and inputs (tests/test_cr_mec.py checks the order of magnitude)
+    beta: float = hparam(1.0, "MEC code: its loss at weight 1; next to CE a RECONSTRUCTION")
+    eps_sq: float = hparam(MEC_EPS_SQ, "MEC code: eps_d = eps / d, --eps 64, --dim 2048 (paper: 0.01-0.12)")
+    taylor_order: int = hparam(4, "MEC code: loss_func(order=4)")
+    logdet: LogDet = hparam("auto", "RECONSTRUCTION: the series where it converges (||C|| < 1), else torch.logdet")
+    views: Literal["single", "fp_pair", "two_views"] = hparam("single", "RECONSTRUCTION: MEC-Quant's pairing unknown")
+    pad: int = hparam(4, "two_views only: cr.py's crop_flip (mean teacher's CIFAR translation)")
+    experts: int = hparam(1, "RECONSTRUCTION: 1, plain MEC; the paper's MoE gating is not known")
+    target: Literal["features"] = hparam("features", "RECONSTRUCTION: weights left out (module docstring)")
 
     def __post_init__(self):
         require(self, "beta", low=0.0)
@@ -68,24 +83,29 @@ class MecHParams(LsqHParams):
         require(self, "taylor_order", low=1)
         require(self, "pad", low=0)
         require(self, "experts", low=1)
-        if not self.exact and self.eps_sq <= 1.0:
-            raise ValueError(
-                f"eps_sq {self.eps_sq} lets the Taylor series of log det(I + C) diverge: ||C|| reaches "
-                f"1 / eps_sq = {1 / self.eps_sq:.3g} >= 1 when features collapse; use eps_sq > 1, or exact: true"
-            )
 
 
-def coding_length(z1: torch.Tensor, z2: torch.Tensor, eps_sq: float, order: int, exact: bool) -> torch.Tensor:
-    """mu log det(I + lambda Z1 Z2^T), mu = (m + d)/2, lambda = 1/(m eps_sq), by its order-K series or exactly."""
-    m, d = z1.shape
+def log_det(z1: torch.Tensor, z2: torch.Tensor, eps_sq: float, order: int, how: LogDet) -> torch.Tensor:
+    """log det(I + C), C = Z1 Z2^T / (m eps_sq): by its order-K series Tr(sum (-1)^{k+1} C^k / k), exactly
+    (torch.logdet; NaN for a pair whose det(I + C) <= 0, which stops the run as diverged), or ("auto")
+    by the series only where it converges, a spectral norm of C below 1."""
+    m = len(z1)
     c = z1 @ z2.T / (m * eps_sq)
-    if exact:
-        return (m + d) / 2 * torch.logdet(torch.eye(m, dtype=c.dtype, device=c.device) + c)
+    if how == "auto":
+        how = "series" if torch.linalg.matrix_norm(c.detach(), ord=2) < 1 else "exact"
+    if how == "exact":
+        return torch.logdet(torch.eye(m, dtype=c.dtype, device=c.device) + c)
     power, series = c, c.trace()
     for k in range(2, order + 1):
         power = power @ c
         series = series + (-1) ** (k + 1) / k * power.trace()
-    return (m + d) / 2 * series
+    return series
+
+
+def coding_length(z1: torch.Tensor, z2: torch.Tensor, eps_sq: float, order: int, how: LogDet) -> torch.Tensor:
+    """MEC's coding length mu log det(I + C), mu = (m + d) / 2 (Liu et al. 2022, Eq. 2)."""
+    m, d = z1.shape
+    return (m + d) / 2 * log_det(z1, z2, eps_sq, order, how)
 
 
 def value_experts(z1: torch.Tensor, z2: torch.Tensor, experts: int) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -132,7 +152,8 @@ class Penultimate:
     summary="LSQ + maximum-entropy coding length of the penultimate features (reconstruction)",
     paper="Pang et al. 2025, arXiv:2509.15514",
 )
-class MEC(LsqRecipe, ERM):
+class MEC(ERM):
+    kind = "qat"
     HParams = MecHParams
     needs_teacher = True  # the FP parent, used only with views "fp_pair"
 
@@ -145,7 +166,6 @@ class MEC(LsqRecipe, ERM):
                 raise ValueError("mec with views 'fp_pair' needs the full-precision parent as its teacher")
             self.teacher.eval().requires_grad_(False)
             self.teacher_features = Penultimate(self.teacher)
-        self.parts: dict[str, torch.Tensor] = {}
 
     def representations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits and the (Z1, Z2) pair of step 1, rows not yet normalised."""
@@ -161,25 +181,27 @@ class MEC(LsqRecipe, ERM):
             self.teacher(x)
         return logits, seen[0], seen_fp[0]
 
-    def gated_coding_length(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    def gated_log_det(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         """sum_e pi_e L_e of steps 2-3 on normalised rows (E = 1: L of the whole batch)."""
         hp = self.hparams
         if hp.experts == 1:
-            return coding_length(z1, z2, hp.eps_sq, hp.taylor_order, hp.exact)
+            return log_det(z1, z2, hp.eps_sq, hp.taylor_order, hp.logdet)
         experts = value_experts(z1, z2, hp.experts)
-        return sum(gate * coding_length(a, b, hp.eps_sq, hp.taylor_order, hp.exact) for gate, a, b in experts)
+        return sum(gate * log_det(a, b, hp.eps_sq, hp.taylor_order, hp.logdet) for gate, a, b in experts)
 
-    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits, z1, z2 = self.representations(x)  # 1
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        hp = self.hparams
+        x, y = concat(minibatches)
+        logits, z1, z2 = self.representations(x)  # 1.
         wide = torch.promote_types(z1.dtype, torch.float32)  # a log det in bf16 is noise
         single = z2 is z1
         z1 = F.normalize(z1.to(wide), dim=1)
         z2 = z1 if single else F.normalize(z2.to(wide), dim=1)
-        code = self.gated_coding_length(z1, z2)  # 2-3
+        log_det_i_c = self.gated_log_det(z1, z2)  # 2.-3.
+        l_mec = -hp.eps_sq * log_det_i_c
         ce = F.cross_entropy(logits, y)
-        self.parts = {"ce": ce.detach(), "coding_length": code.detach()}
-        return ce - self.hparams.beta * code  # 4
-
-    def update(self, minibatches) -> dict[str, float]:
-        losses = super().update(minibatches)  # 1-5
-        return {**losses, **{name: float(value) for name, value in self.parts.items()}}
+        loss = ce + hp.beta * l_mec  # 4.
+        minimise(self.optimizer, self.schedule, loss)  # 5.
+        mu = (z1.shape[0] + z1.shape[1]) / 2
+        coding_length = (mu * log_det_i_c.detach()).item()  # MEC's mu log det(I + C), for the record
+        return {"loss": loss.item(), "ce": ce.item(), "l_mec": l_mec.item(), "coding_length": coding_length}

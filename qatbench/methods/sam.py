@@ -7,10 +7,10 @@
   perturbation is scaled by T_w = |w| + eta on weights and 1 on biases (SamsungLabs/ASAM; rho 2.0
   as davda54/sam's example).
 - lsq_sam: SAM's objective on an LSQ-quantized model with LSQ's optimiser recipe, the
-  "flatness + QAT directly" baseline.
+  "flatness + QAT directly" baseline; the perturbation moves the step sizes too (SAGM's code does).
 
-1. g = grad L(w) on the pooled minibatch
-2. e = rho g / ||g||                      (ASAM: e = rho T^2 g / ||T g||)
+1. g_task = grad L(w) on the pooled minibatch
+2. e = rho g_task / ||g_task||            (ASAM: e = rho T^2 g_task / ||T g_task||)
 3. g_p = grad L(w + e), BN running statistics left alone
 4. w <- base optimiser step along g_p (from w, not from w + e)
 
@@ -26,33 +26,44 @@ from typing import Any
 import torch
 
 from qatbench.methods.base import Minibatches, concat, require
-from qatbench.methods.erm import ERM, ErmHParams, LsqHParams, LsqRecipe
+from qatbench.methods.erm import ERM, Optimizer, Schedule
+from qatbench.methods.hparams import hparam
+from qatbench.methods.optim import descend
 from qatbench.methods.registry import METHODS
 from qatbench.methods.sharpness import (
-    EPS,
     Perturb,
-    bn_statistics_frozen,
+    asam_perturbation,
+    gradient_at,
     loss_and_grads,
-    moved,
-    norm,
+    of,
     perturbed_parameters,
-    scaled,
+    sam_perturbation,
     trainable,
 )
 
 
 @dataclass(frozen=True)
-class SamHParams(ErmHParams):
-    rho: float = 0.05  # Foret et al. 2021; davda54/sam default
+class SamHParams:
+    optimizer: Optimizer = hparam("adam", "DomainBed's ERM, so that only the objective differs from erm")
+    lr: float = hparam(5e-5, "DomainBed, ResNet backbones")
+    weight_decay: float = hparam(0.0, "DomainBed")
+    momentum: float = hparam(0.9, "used by sgd only; LSQ Sec. 3's value")
+    schedule: Schedule = hparam("constant", "DomainBed")
+    rho: float = hparam(0.05, "Foret et al. 2021; davda54/sam default")
 
     def __post_init__(self):
         require(self, "rho", low=0.0)
 
 
 @dataclass(frozen=True)
-class AsamHParams(ErmHParams):
-    rho: float = 2.0  # davda54/sam example for ASAM, "as suggested by its authors"
-    eta: float = 0.01  # Kwon et al. 2021, T_w = |w| + eta (SamsungLabs/ASAM)
+class AsamHParams:
+    optimizer: Optimizer = hparam("adam", "DomainBed's ERM, so that only the objective differs from erm")
+    lr: float = hparam(5e-5, "DomainBed, ResNet backbones")
+    weight_decay: float = hparam(0.0, "DomainBed")
+    momentum: float = hparam(0.9, "used by sgd only; LSQ Sec. 3's value")
+    schedule: Schedule = hparam("constant", "DomainBed")
+    rho: float = hparam(2.0, 'davda54/sam example for ASAM, "as suggested by its authors"')
+    eta: float = hparam(0.01, "Kwon et al. 2021, T_w = |w| + eta (SamsungLabs/ASAM)")
 
     def __post_init__(self):
         require(self, "rho", low=0.0)
@@ -60,40 +71,40 @@ class AsamHParams(ErmHParams):
 
 
 @dataclass(frozen=True)
-class LsqSamHParams(LsqHParams):
-    rho: float = 0.05  # Foret et al. 2021
-    perturb: Perturb = "weights"  # qatbench: latent weights only; "weights_and_steps" moves step sizes too
+class LsqSamHParams:
+    optimizer: Optimizer = hparam("sgd", "LSQ Sec. 3")
+    lr: float | None = hparam(None, "LSQ Sec. 3 by weight bits (None: 0.01 at 2-4 bits, 0.001 at 8 bits)")
+    weight_decay: float | None = hparam(None, "LSQ Table 2 by weight bits (None: 1e-4 / 0.5e-4 / 0.25e-4)")
+    momentum: float = hparam(0.9, "LSQ Sec. 3")
+    schedule: Schedule = hparam("cosine", "LSQ Sec. 3, no restarts")
+    rho: float = hparam(0.05, "Foret et al. 2021")
+    perturb: Perturb = hparam(
+        "weights_and_steps", "SAGM code: perturb_weights moves every parameter it updates, step sizes included"
+    )
 
     def __post_init__(self):
         require(self, "rho", low=0.0)
 
 
-class SharpnessAware(ERM):
-    """Two passes per step: the gradient at w, then at w + e; subclasses say what e is and how
-    the two gradients combine."""
+@METHODS.register("sam", summary="sharpness-aware minimisation (FP)", paper="Foret et al., ICLR 2021, arXiv:2010.01412")
+class SAM(ERM):
+    HParams = SamHParams
 
-    @property
-    def perturb(self) -> Perturb:
-        return getattr(self.hparams, "perturb", "weights")
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.perturb: Perturb = getattr(self.hparams, "perturb", "weights")  # a float model has only weights
 
     def ascent(self, weights: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        return scaled(grads, self.hparams.rho / (norm(grads) + EPS))
-
-    def combine(self, params: list, g: list[torch.Tensor], g_p: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """The update direction from the gradients at w and at w + e (SAM: the latter)."""
-        return g_p
+        """Step 2: the perturbation e."""
+        return sam_perturbation(grads, self.hparams.rho)
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         x, y = concat(minibatches)
-        params = trainable(self.model)
-        moving = perturbed_parameters(self.model, self.perturb)
-        index = {id(p): i for i, p in enumerate(params)}
-        loss, g = loss_and_grads(self.model, x, y, params)
-        with torch.no_grad():
-            e = self.ascent(moving, [g[index[id(p)]] for p in moving])
-        with moved(moving, e), bn_statistics_frozen(self.model):
-            perturbed_loss, g_p = loss_and_grads(self.model, x, y, params)
-        self.descend(params, self.combine(params, g, g_p))
+        params, moving = trainable(self.model), perturbed_parameters(self.model, self.perturb)
+        loss, g_task = loss_and_grads(self.model, x, y, params)  # 1.
+        e = self.ascent(moving, of(g_task, params, moving))  # 2.
+        perturbed_loss, g_p = gradient_at(self.model, x, y, params, moving, e)  # 3.
+        descend(self.optimizer, self.schedule, params, g_p)  # 4.
         return {"loss": loss.item(), "perturbed_loss": perturbed_loss.item()}
 
     def effective_hparams(self) -> dict[str, Any]:
@@ -102,24 +113,18 @@ class SharpnessAware(ERM):
         return {**super().effective_hparams(), "perturb": self.perturb}
 
 
-@METHODS.register("sam", summary="sharpness-aware minimisation (FP)", paper="Foret et al., ICLR 2021, arXiv:2010.01412")
-class SAM(SharpnessAware):
-    HParams = SamHParams
-
-
 @METHODS.register(
     "asam", summary="adaptive (scale-invariant) SAM (FP)", paper="Kwon et al., ICML 2021, arXiv:2102.11600"
 )
-class ASAM(SharpnessAware):
+class ASAM(SAM):
     HParams = AsamHParams
 
     def ascent(self, weights: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        # SamsungLabs/ASAM normalises parameters named `weight` only; biases and BN shifts keep T = 1
-        if not hasattr(self, "_is_weight"):
+        """Step 2, ASAM's: e = rho T^2 g / ||T g||."""
+        if not hasattr(self, "_is_weight"):  # SamsungLabs/ASAM: parameters named `weight` only
             self._is_weight = {id(p): name.endswith("weight") for name, p in self.model.named_parameters()}
-        t = [w.abs() + self.hparams.eta if self._is_weight[id(w)] else torch.ones_like(w) for w in weights]
-        scale = self.hparams.rho / (norm([ti * g for ti, g in zip(t, grads, strict=True)]) + EPS)
-        return [ti * ti * g * scale for ti, g in zip(t, grads, strict=True)]
+        is_weight = [self._is_weight[id(w)] for w in weights]
+        return asam_perturbation(weights, grads, self.hparams.rho, self.hparams.eta, is_weight)
 
 
 @METHODS.register(
@@ -127,5 +132,6 @@ class ASAM(SharpnessAware):
     summary="SAM on an LSQ-quantized model (flatness + QAT directly)",
     paper="Foret et al. 2021 + Esser et al. 2020",
 )
-class LsqSAM(LsqRecipe, SharpnessAware):
+class LsqSAM(SAM):
+    kind = "qat"
     HParams = LsqSamHParams

@@ -1,9 +1,13 @@
-"""The shared moves of the sharpness-aware methods: gradients as vectors, a global norm, stepping
-the weights to a nearby point and back, and extra passes that leave BN statistics alone.
+"""The shared moves of the sharpness-aware methods, named as their papers name them: the task
+gradient at w, the SAM / ASAM / SAGM perturbation e, the gradient at w + e (the weights restored to
+exactly w after it, BN statistics left alone), the flatness gradient g_flat = g(w + e) - g_task and
+SAGM's combination g_task + 1/2 g_flat. The optimiser step is optim.py's `descend`.
 
 Every SAM-family method (sam.py, sagm.py, gam.py, gaqat.py, fqat.py) is a few of these moves in
-its paper's order. On a quantized model the perturbation moves the latent float weights only
-(`perturb="weights"`, the default) or the quantizers' step sizes too (`"weights_and_steps"`);
+its paper's order, written out in its own `update`. On a quantized model the perturbation moves the
+latent float weights and the quantizers' step sizes (`perturb="weights_and_steps"`, the default of
+the LSQ methods: SAGM's official optimizer perturbs every parameter it updates, Wang-pengfei/SAGM
+domainbed/sagm/sagm.py `perturb_weights`, commit 69d4d9d) or the weights only (`"weights"`);
 either way the gradient of the perturbed pass reaches every parameter, step sizes included,
 which is what GAQAT and FQAT reason about. The choice is an hparam, so it is in every record.
 """
@@ -89,7 +93,55 @@ def bn_statistics_frozen(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
-def set_grads(params: Sequence[nn.Parameter], grads: Sequence[torch.Tensor | None]) -> None:
-    """Hand the update direction to the base optimiser (None: the parameter is not stepped)."""
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g
+def of(grads: Sequence[torch.Tensor], params: Sequence[nn.Parameter], subset: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    """The entries of `grads` (one per parameter of `params`) that belong to `subset`."""
+    index = {id(p): i for i, p in enumerate(params)}
+    return [grads[index[id(p)]] for p in subset]
+
+
+@torch.no_grad()
+def sam_perturbation(g: Sequence[torch.Tensor], rho: float) -> list[torch.Tensor]:
+    """SAM: e = rho g / ||g|| (Foret et al. 2021, Eq. 2)."""
+    return scaled(g, rho / (norm(g) + EPS))
+
+
+@torch.no_grad()
+def sagm_perturbation(g: Sequence[torch.Tensor], rho: float, alpha: float) -> list[torch.Tensor]:
+    """SAGM: e = (rho / ||g|| - alpha) g (SAGM code, `perturb_weights`)."""
+    return scaled(g, rho / (norm(g) + EPS) - alpha)
+
+
+@torch.no_grad()
+def asam_perturbation(
+    weights: Sequence[torch.Tensor], g: Sequence[torch.Tensor], rho: float, eta: float, is_weight: Sequence[bool]
+) -> list[torch.Tensor]:
+    """ASAM: e = rho T^2 g / ||T g||, T = |w| + eta on weights and 1 elsewhere (SamsungLabs/ASAM
+    normalises parameters named `weight` only)."""
+    t = [w.abs() + eta if weight else torch.ones_like(w) for w, weight in zip(weights, is_weight, strict=True)]
+    scale = rho / (norm([ti * gi for ti, gi in zip(t, g, strict=True)]) + EPS)
+    return [ti * ti * gi * scale for ti, gi in zip(t, g, strict=True)]
+
+
+def gradient_at(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    params: Sequence[nn.Parameter],
+    moving: Sequence[nn.Parameter],
+    e: Sequence[torch.Tensor],
+):
+    """The loss and gradient at w + e (e moves `moving`), BN statistics left alone; back at exactly w after."""
+    with moved(moving, e), bn_statistics_frozen(model):
+        return loss_and_grads(model, x, y, params)
+
+
+def flatness_gradient(g_task: Sequence[torch.Tensor], g_perturbed: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """g_flat = grad L(w + e) - grad L(w): the gradient of the smoothness term L_p - L."""
+    return list(torch._foreach_sub(list(g_perturbed), list(g_task)))  # one kernel per list, not per parameter
+
+
+def sagm_direction(
+    g_task: Sequence[torch.Tensor], g_flat: Sequence[torch.Tensor], smooth_weight: float
+) -> list[torch.Tensor | None]:
+    """SAGM's update direction g_task + smooth_weight g_flat (`gradient_decompose`: weight 1/2)."""
+    return list(torch._foreach_add(list(g_task), list(g_flat), alpha=smooth_weight))

@@ -89,7 +89,10 @@ def _quantizer_pair(
             grad_count=spec.grad_scale, symmetric=spec.w_symmetric,
         )  # fmt: skip
         a_init = "lsq" if spec.a_init == "batch" else "one"
-        return w_quant, LsqQuantizer(a_bits, "activation", grad_count=spec.grad_scale, init=a_init)
+        a_quant = LsqQuantizer(
+            a_bits, "activation", grad_count=spec.grad_scale, init=a_init, symmetric=spec.a_symmetric
+        )
+        return w_quant, a_quant
     if spec.quantizer == "lsq_plus":
         w_quant = LsqPlusQuantizer(w_bits, "weight", per_channel=per_channel, channels=channels)
         return w_quant, LsqPlusQuantizer(a_bits, "activation")

@@ -70,10 +70,11 @@ class LsqQuantizer(FakeQuantizer):
       lsq-net fork the FQAT/GAQAT authors used);
     - `init`: the step starts at 2 mean|v| / sqrt(Q_P) ("lsq") or at 1.0 ("one", the fork's
       activations);
-    - `symmetric=False` (weights): unsigned levels {0..2^b-1} around a zero point fixed at
+    - `symmetric=False`: unsigned levels {0..2^b-1} around a zero point fixed at
       initialisation from the min/max (s = (max - min) / (2^b - 1), z = round(-min / s)), so
-      the range need not be centred on zero (FPQ's asymmetric weights via MQBench). Only s is
-      learned; z stays where it was put.
+      the range need not be centred on zero (FPQ's asymmetric weights via MQBench, and its
+      activations: "zero point, min/max start", Eqs. 3-6; per tensor for activations, from the
+      first batch). Only s is learned; z stays where it was put.
     """
 
     def __init__(
@@ -91,8 +92,6 @@ class LsqQuantizer(FakeQuantizer):
         super().__init__(bits, kind, signed=signed)
         if per_channel and kind != "weight":
             raise ValueError("per-channel step sizes are supported for weights only")
-        if not symmetric and kind != "weight":
-            raise ValueError("asymmetric (zero-point) quantization is supported for weights only")
         self.per_channel = per_channel
         self.grad_count_mode = grad_count
         self.init_mode = init

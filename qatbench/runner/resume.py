@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import qatbench
 from qatbench.errors import excerpt, first_line
 from qatbench.methods.state import restore, snapshot
 from qatbench.records import integrity
@@ -54,7 +53,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _versions() -> dict[str, str]:
-    return {"qatbench": str(qatbench.__version__), "torch": str(torch.__version__)}  # TorchVersion: a class
+    return {"qatbench": str(__version__), "torch": str(torch.__version__)}  # TorchVersion: a class
 
 
 def save(

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
-import qatbench
+from qatbench.version import __version__
 from qatbench.config import RunSpec
 from qatbench.data import build_dataset, data_provenance, infinite_batches, split_environments
 from qatbench.data.loaders import take
@@ -178,7 +178,7 @@ def describe(spec: RunSpec) -> dict[str, Any]:
             "threads": spec.threads,
             "diverge_factor": spec.diverge_factor,
             "versions": {
-                "qatbench": qatbench.__version__,
+                "qatbench": __version__,
                 "torch": torch.__version__,
                 "python": platform.python_version(),
             },
