@@ -70,7 +70,7 @@ def _fails_with_one_line(capsys, argv) -> str:
         ("methods[-1].name=x", "--set methods[-1].name: a key path is names and list indices"),
         (
             "models[0].options.widht=8",
-            "--set models[0].options.widht: unknown option 'widht' (did you mean 'width'?); allowed: width",
+            "--set models[0].options.widht: unknown option 'widht' (did you mean 'width'?); allowed: freeze_bn, width",
         ),
         ("datasets[0].options.size=8", "--set datasets[0].options.size: unknown option 'size'; allowed: none"),
     ],

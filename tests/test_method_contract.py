@@ -55,6 +55,8 @@ def _build(name: str):
     quant = _quant_spec(cls)
     if cls.kind == "qat":
         model = calibrate(quantize_model(model, quant), torch.cat([x for x, _ in _batches(99)]))
+    if cls.kind == "ensemble":  # an ensemble's model is its members, each in eval mode
+        model = torch.nn.ModuleList([model.eval()])
     next(model.parameters()).requires_grad_(False)
     method = cls(model, CLASSES, {}, teacher=teacher, quant=quant, total_steps=3)
     method.train()

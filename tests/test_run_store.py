@@ -203,11 +203,15 @@ def api_specs(suite):
     return api.expand(api.load_suite(suite))
 
 
+# four PTQ runs that fail once they run (more calibration images asked than the data holds; a
+# missing weights file would be refused before any run) and their FP parent, which does not fail
 FAILING = """\
 name: faults
 datasets: [{name: RotatedMNIST, test_envs: [0]}]
-models: [{name: resnet18, options: {pretrained: true}}]
-methods: [{name: erm}, {name: sam}, {name: asam}, {name: sagm}]
+models: [{name: small_cnn, options: {width: 4}}]
+methods: [{name: erm}, {name: ptq}]
+bits: [W2A2, W3A3, W4A4, W8A8]
+quant: {calib_images: 1000000}
 seeds: [0]
 training: {steps: 2, batch_size: 4, eval_every: 2}
 """
@@ -216,8 +220,8 @@ training: {steps: 2, batch_size: 4, eval_every: 2}
 @pytest.mark.slow
 def test_workers_try_a_failing_run_once_per_sweep(tmp_path):
     """Failed runs are retried by the next sweep, but within one sweep no second worker repeats one."""
-    suite = write_suite(tmp_path, FAILING)  # no pretrained weights here: every run fails
+    suite = write_suite(tmp_path, FAILING)
     out = run_cli("run", str(suite), "--results", str(tmp_path / "results"), "--workers", "2", timeout=600)
     assert out.returncode == 1, out.stdout + out.stderr
-    match = re.search(r"4 runs: 0 done, 4 failed .*trained by 2 workers: (\d+) \+ (\d+)", out.stdout)
-    assert match and int(match[1]) + int(match[2]) == 4, out.stdout
+    match = re.search(r"5 runs: 1 done, 4 failed .*trained by 2 workers: (\d+) \+ (\d+)", out.stdout)
+    assert match and int(match[1]) + int(match[2]) == 5, out.stdout

@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from qatbench.methods.base import Method, Minibatches
+from qatbench.methods.hparams import hparam
 from qatbench.methods.registry import METHODS
 
 Average = Literal["probabilities", "logits"]
@@ -36,14 +37,14 @@ Average = Literal["probabilities", "logits"]
 
 @dataclass(frozen=True)
 class EnsembleHParams:
-    members: str = "erm"  # the label of the suite entry whose runs (one per seed) are the members
-    average: Average = "probabilities"  # Deep Ensembles Sec. 2.4: mean of predicted probabilities
+    members: str = hparam("erm", "DomainBed-style FP ensemble: the label of the entry whose seeds are the members")
+    average: Average = hparam("probabilities", "Deep Ensembles (Lakshminarayanan et al. 2017) Sec. 2.4")
 
 
 @dataclass(frozen=True)
 class EoqHParams:
-    members: str = "qtdog"  # QT-DoG: an ensemble of QT-DoG models (README, "EoQ")
-    average: Average = "logits"  # EoA's code (domainbed/EoA.py `accuracy`): summed logits, argmax
+    members: str = hparam("qtdog", "QT-DoG README (EoQ: an ensemble of QT-DoG models)")
+    average: Average = hparam("logits", "EoA code (salesforce/ensemble-of-averages domainbed/EoA.py `accuracy`)")
 
 
 def ensemble_scores(logits: list[torch.Tensor], average: Average) -> torch.Tensor:

@@ -42,6 +42,7 @@ from typing import Any, Literal
 from qatbench.config.protocol import SWITCH_AT
 from qatbench.methods.base import require
 from qatbench.methods.erm import ERM
+from qatbench.methods.hparams import hparam
 from qatbench.methods.registry import METHODS
 
 # the QuantSpec fields QT-DoG fixes; its bit widths are the suite's `bits` (the paper's: W7A32)
@@ -56,12 +57,12 @@ QTDOG_QUANT = {
 
 @dataclass(frozen=True)
 class QtdogHParams:
-    q_steps: int = 2000  # train_all.py l. 43 (`--q_steps`, default 2000; the README example uses 100)
-    optimizer: Literal["adam", "sgd"] = "adam"  # DomainBed / SWAD fork hparams_registry.py l. 20
-    lr: float = 5e-5  # hparams_registry.py l. 26 (ResNet)
-    weight_decay: float = 0.0  # hparams_registry.py l. 38
-    momentum: float = 0.9  # used by sgd only
-    schedule: Literal["constant", "cosine"] = "constant"  # DomainBed: no schedule
+    q_steps: int = hparam(2000, "QT-DoG code train_all.py l. 43 (--q_steps; the README example uses 100)")
+    optimizer: Literal["adam", "sgd"] = hparam("adam", "QT-DoG code (DomainBed fork) hparams_registry.py l. 20")
+    lr: float = hparam(5e-5, "QT-DoG code hparams_registry.py l. 26 (ResNet)")
+    weight_decay: float = hparam(0.0, "QT-DoG code hparams_registry.py l. 38")
+    momentum: float = hparam(0.9, "used by sgd only; LSQ Sec. 3's value")
+    schedule: Literal["constant", "cosine"] = hparam("constant", "DomainBed: no schedule")
 
     def __post_init__(self):
         require(self, "q_steps", low=1)

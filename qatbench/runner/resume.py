@@ -28,6 +28,7 @@ from qatbench.errors import excerpt, first_line
 from qatbench.methods.state import restore, snapshot
 from qatbench.records import integrity
 from qatbench.runner import store
+from qatbench.version import __version__
 
 RESUME = "resume.pt"
 
