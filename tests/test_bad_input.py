@@ -95,6 +95,18 @@ def test_bad_override_is_one_line_naming_the_key_and_what_is_allowed(capsys, tin
             "methods[0].hparams.lr: Input should be a valid number",
         ),
         (
+            "datasets: [RotatedMNIST]\nmodels: [small_cnn]\nmethods: [{name: erm, bits: [W4A4]}]\n",
+            "methods[0].bits: method 'erm' is not quantized; `bits` belongs to QAT and PTQ entries",
+        ),
+        (
+            "datasets: [RotatedMNIST]\nmodels: [small_cnn]\nmethods: [{name: lsq, bits: [W4A4, W4A4]}]\n",
+            "methods[0].bits: a QAT or PTQ entry's bits are W<w>A<a> widths, each once",
+        ),
+        (
+            "datasets: [RotatedMNIST]\nmodels: [small_cnn]\nmethods: [{name: lsq, bits: [W9A4]}]\n",
+            "methods[0].bits",
+        ),
+        (
             "datasets: [{name: RotatedMNIST, holdout: 0.3}]\nmodels: [small_cnn]\nmethods: [erm]\n",
             "datasets[0].holdout: unknown key 'holdout' (did you mean 'holdout_fraction'?)",
         ),

@@ -176,6 +176,25 @@ def test_fp_methods_ignore_bits_and_qat_methods_get_one_run_per_bit_width(tmp_pa
     assert sorted(s.bits_label for s in specs) == ["FP", "W2A2", "W4A4"]
 
 
+def test_an_entry_s_own_bits_replace_the_suite_s_for_that_entry_only(tmp_path):
+    path = write_suite(
+        tmp_path,
+        """
+        datasets: [{name: RotatedMNIST, test_envs: [0]}]
+        models: [small_cnn]
+        methods: [erm, lsq, {name: lsq, label: lsq_low, bits: [W3A3, W2A2]}, {name: ptq, bits: W8A8}]
+        bits: [W4A4]
+    """,
+    )
+    specs = qatbench.expand(qatbench.load_suite(path))
+    assert sorted((s.label, s.bits_label) for s in specs) == [
+        ("erm", "FP"), ("lsq", "W4A4"), ("lsq_low", "W2A2"), ("lsq_low", "W3A3"), ("ptq", "W8A8")
+    ]  # fmt: skip
+    plain = {s.bits_label: s.run_id for s in qatbench.expand(qatbench.load_suite(path, ["bits=[W4A4, W3A3]"]))}
+    low = {s.bits_label: s.run_id for s in specs if s.label == "lsq_low"}
+    assert low["W3A3"] == plain["W3A3"]  # the same run whichever way its bits were asked for
+
+
 def test_a_lsq_only_suite_still_trains_its_fp_parent(tmp_path):
     path = write_suite(
         tmp_path,

@@ -4,13 +4,16 @@ points at records written with other settings of the suite."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from qatbench.cli import main
 from qatbench.runner import api
-from tests.conftest import write_suite
+from tests.conftest import ROOT, write_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,3 +55,19 @@ def test_status_says_nothing_is_left_and_hints_at_records_of_other_settings(tmp_
     out = capsys.readouterr().out
     assert "1 runs: 0 done" in out and "0 pending" not in out
     assert f"hint: 1 other record(s) in {results / 'follow'} belong to other settings of this suite" in out
+
+
+def test_workers_print_their_start_and_end_lines_as_they_happen(tmp_path):
+    suite = write_suite(tmp_path, SUITE.replace("seeds: [0]", "seeds: [0, 1]"))
+    env = {k: v for k, v in os.environ.items() if k not in ("QATBENCH_QUIET", "QATBENCH_DATA")}
+    command = [sys.executable, "-m", "qatbench.cli", "run", str(suite), "--results", str(tmp_path / "r"), "--workers", "2"]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "suite 'follow': 2 run(s) to train, 0 already finished; 2 workers"
+    for seed in (0, 1):
+        started = [line for line in lines if re.match(rf"\[worker [12]\] start erm FP RotatedMNIST test=75 seed={seed} ", line)]
+        ended = [line for line in lines if re.match(rf"\[worker [12]\] end   erm FP .* seed={seed} .*OOD \d+\.\d%", line)]
+        assert len(started) == 1 and len(ended) == 1, lines
+        assert lines.index(started[0]) < lines.index(ended[0])
+    assert lines[-1].startswith("2 runs: 2 done")

@@ -38,17 +38,22 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
         if kind == "ensemble":
             _check_ensemble(suite, i, hparams, catalog, blame)
         if kind == "checkpoint":
+            if isinstance(entry.bits, list):
+                raise UserError(
+                    f"{blame(['methods', i, 'bits'])}: a checkpoint holds one bit width: FP or one W<w>A<a>, "
+                    f"got {entry.bits!r}"
+                )
             for file in checkpoint_files(entry, suite.seeds, lambda loc, i=i: blame(["methods", i, *loc])):
                 for model in suite.models:
                     check_architecture(file, model.name, lambda loc, i=i: blame(["methods", i, *loc]))
             quant = repr(entry.checkpoint)
         else:
-            for key in ("checkpoint", "bits"):
-                if getattr(entry, key) is not None:
-                    raise UserError(
-                        f"{blame(['methods', i, key])}: `{key}` belongs to entries of method 'checkpoint', "
-                        f"not '{entry.name}'"
-                    )
+            if entry.checkpoint is not None:
+                raise UserError(
+                    f"{blame(['methods', i, 'checkpoint'])}: `checkpoint` belongs to entries of method 'checkpoint', "
+                    f"not '{entry.name}'"
+                )
+            _check_entry_bits(entry, kind, lambda loc, i=i: blame(["methods", i, *loc]))
         if kind in ("qat", "ptq") or (kind == "checkpoint" and (entry.bits or "FP") != "FP"):
             _check_quant(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame)
             quant = sorted(quant_fields(suite, entry, catalog).items())
@@ -70,7 +75,8 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
                 f"full-precision parent after training); drop `steps`"
             )
         protocol = _check_protocol(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame, i)
-        same = repr((entry.name, sorted(hparams.items()), entry.steps, quant, protocol))
+        widths = entry_bits(suite, entry) if kind in ("qat", "ptq") else None
+        same = repr((entry.name, sorted(hparams.items()), entry.steps, quant, protocol, widths))
         if same in runs:
             raise UserError(
                 f"{blame(['methods', i])}: runs exactly what methods[{runs[same]}] runs; "
@@ -360,12 +366,35 @@ def parent_entry(suite: Suite) -> MethodEntry:
     return next((m for m in suite.methods if m.name == named), suite.parent or MethodEntry(name="erm"))
 
 
+def entry_bits(suite: Suite, entry: MethodEntry) -> list[str]:
+    """The bit widths of a QAT or PTQ entry: its own `bits` (one or a list), else the suite's."""
+    if entry.bits is None:
+        return list(suite.bits)
+    return [entry.bits] if isinstance(entry.bits, str) else list(entry.bits)
+
+
+def _check_entry_bits(entry: MethodEntry, kind: str, blame: Blame) -> None:
+    """`bits` on a non-checkpoint entry: QAT and PTQ entries only, quantized widths only, each once."""
+    if entry.bits is None:
+        return
+    if kind not in ("qat", "ptq"):
+        raise UserError(
+            f"{blame(['bits'])}: method '{entry.name}' is not quantized; `bits` belongs to QAT and PTQ entries "
+            f"(their bit widths instead of the suite's) and to 'checkpoint' entries"
+        )
+    widths = [entry.bits] if isinstance(entry.bits, str) else entry.bits
+    if not widths or "FP" in widths or len(set(widths)) != len(widths):
+        raise UserError(
+            f"{blame(['bits'])}: a QAT or PTQ entry's bits are W<w>A<a> widths, each once (e.g. [W4A4, W3A3]); "
+            f"got {entry.bits!r}"
+        )
+
+
 def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
     """Every run the suite asks for, in a stable order (parents are added by the runner)."""
     no_blame: Blame = lambda loc: "suite"  # noqa: E731  (the suite was checked by check_suite)
     specs: list[RunSpec] = []
     parent = parent_entry(suite)
-    bit_pairs = [parse_bits(b) for b in suite.bits]
     for dataset in suite.datasets:
         for test_envs in resolve_test_envs(dataset, catalog, no_blame):
             for model in suite.models:
@@ -403,7 +432,7 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         method_steps = steps if catalog.method_trains(method.name) else 0
                         protocol = _protocol(*entry_protocol(suite, method, catalog), fp_parent)
                         run_parent = fp_parent if protocol.needs_parent else None
-                        for w_bits, a_bits in bit_pairs:
+                        for w_bits, a_bits in map(parse_bits, entry_bits(suite, method)):
                             quant = QuantSpec(w_bits, a_bits, **quant_fields(suite, method, catalog))
                             spec = _spec(method, catalog, common, method_steps, quant=quant, parent=run_parent)
                             specs.append(replace(spec, protocol=protocol))

@@ -96,7 +96,9 @@ class MethodEntry(_Strict):
     # method `checkpoint` only: a model trained elsewhere, evaluated (and analysed) like a run. One
     # file, or one per seed of the suite; a qatbench model.pt brings its QuantSpec in its record.json
     checkpoint: str | list[str] | None = None
-    bits: Annotated[str, AfterValidator(lambda b: b.upper() if b.upper() == "FP" else _check_bits(b))] | None = None
+    # `checkpoint` entries: the bits of the weights (FP or one W<w>A<a>); QAT and PTQ entries: the bit
+    # widths of this entry instead of the suite's `bits` (one or a list)
+    bits: Annotated[str, AfterValidator(lambda b: b.upper() if b.upper() == "FP" else _check_bits(b))] | list[Bits] | None = None
 
 
 def _check_test_envs(value: Any) -> Any:

@@ -39,7 +39,7 @@ def worker_device(device: str, worker: int) -> str:
 
 def _work(args: tuple) -> tuple[int, int]:
     """One worker: the sweep loop over the shared plan; returns (runs it trained, runs it reused)."""
-    specs, results, data_root, device, since, rerun_stale = args  # each run sets its own thread count
+    specs, results, data_root, device, since, rerun_stale, worker, lines = args  # each run sets its own threads
     if device.startswith("cuda:"):  # this worker's GPU only: no context on the others
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
         device = "cuda"
@@ -48,10 +48,11 @@ def _work(args: tuple) -> tuple[int, int]:
         results,
         data_root=data_root,
         device=device,
-        progress=False,
+        progress=lines,
         checked=True,
         since=since,
         rerun_stale=rerun_stale,
+        worker=worker,
     )
     return summary.trained, summary.reused
 
@@ -71,7 +72,16 @@ def run_local(
         return run_specs(specs, results, data_root=data_root, device=device, progress=progress, rerun_stale=rerun_stale)
     planned, finished_before = _prepare(specs, results, data_root, rerun_stale)
     since = now()
-    jobs = [(planned, results, data_root, worker_device(device, k), since, rerun_stale) for k in range(workers)]
+    jobs = [
+        (planned, results, data_root, worker_device(device, k), since, rerun_stale, k + 1, progress) for k in range(workers)
+    ]
+    if progress:
+        left = len(planned) - len(finished_before)
+        print(
+            f"suite '{specs[0].suite}': {left} run(s) to train, {len(finished_before)} already finished; "
+            f"{workers} workers",
+            flush=True,
+        )
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         try:
@@ -117,7 +127,7 @@ def submit_slurm(
     device = "cuda" if config.gpus_per_task and config.cluster != "local" and device == "auto" else device
     since = now()
     jobs = executor.map_array(
-        _work, [(planned, Path(results), data_root, device, since, rerun_stale) for _ in range(config.tasks)]
+        _work, [(planned, Path(results), data_root, device, since, rerun_stale, k + 1, True) for k in range(config.tasks)]
     )
     if config.cluster != "local":
         return jobs, None

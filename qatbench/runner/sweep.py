@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -128,8 +129,10 @@ def run_specs(
     checked: bool = False,
     since: str | None = None,
     rerun_stale: bool = False,
+    worker: int | None = None,
 ) -> SweepSummary:
-    """Every run in plan order, each under its lock; `checked`: the data and analysis checks already ran.
+    """Every run in plan order, each under its lock; `checked`: the data and analysis checks already ran;
+    `worker`: this is worker k of `--workers N` (start and end lines named by it, no bars).
 
     A failed run is tried again, once per sweep: a failure recorded since `since` (the sweep's start,
     shared by its workers) is this sweep's own, and another worker does not repeat it. A finished run
@@ -146,7 +149,8 @@ def run_specs(
     if not checked:
         check_data(pending, data_root)
         check_analysis(planned, data_root)
-    progress_log = SweepProgress(planned, pending, enabled=progress)
+    progress_log = SweepProgress(planned, pending, enabled=progress, worker=worker)
+    bars = progress and worker is None  # per-run bars: one process per terminal
     for spec in planned:
         folder = store.run_dir(results, spec.suite, spec.run_id)
         for needed in [spec.parent, *spec.members]:  # another process training one: wait until it is done
@@ -168,13 +172,13 @@ def run_specs(
                 if stale_reason(record, data_root, prints):
                     summary.stale.append(spec.run_id)
                 with intra_op_threads(spec.threads):
-                    record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=progress)
+                    record = analyze_after(folder, spec, record, data_root=data_root, device=device, progress=bars)
                 summary.records.append(record)
                 summary.reused += 1
                 progress_log.skip(spec)
                 continue
             progress_log.start(spec)
-            record = run_one(spec, results, data_root=data_root, device=device, progress=progress)
+            record = run_one(spec, results, data_root=data_root, device=device, progress=bars)
             progress_log.end(spec, record)
             summary.records.append(record)
             summary.trained += 1
@@ -196,31 +200,37 @@ def named_test_domains(spec: RunSpec) -> str:
 class SweepProgress:
     """One line when each run starts and when it ends (its I.D./OOD accuracy or its status, elapsed),
     written above one overall bar counting the steps of the runs to train, whose rate gives the ETA.
-    Nothing at all when disabled (--quiet, QATBENCH_QUIET, worker processes)."""
+    A worker of `--workers N` writes only its lines, each starting `[worker k]` (N bars in one terminal
+    would overwrite each other; the parent's summary closes the sweep). Nothing at all when disabled
+    (--quiet, QATBENCH_QUIET)."""
 
-    def __init__(self, planned: list[RunSpec], pending: list[RunSpec], enabled: bool):
-        self.enabled, self.total = enabled, len(pending)
+    def __init__(self, planned: list[RunSpec], pending: list[RunSpec], enabled: bool, worker: int | None = None):
+        self.enabled, self.total, self.worker = enabled, len(pending), worker
         self.pending = {s.run_id for s in pending}
         self.index, self.started = 0, 0.0
         self.bar = tqdm(
             total=sum(max(s.steps, 1) for s in pending),
             desc=f"sweep ({self.total} runs to train)",
             unit="step",
-            disable=not enabled,
+            disable=not enabled or worker is not None,
             dynamic_ncols=True,
         )
-        if enabled and planned:
+        if enabled and planned and worker is None:
             finished = len(planned) - len(pending)
             self.write(f"suite '{planned[0].suite}': {self.total} run(s) to train, {finished} already finished")
 
     def write(self, line: str) -> None:
         if self.enabled:
             tqdm.write(line)
+            sys.stdout.flush()  # a worker's stdout is a pipe or a file: lines as they happen
+
+    def tag(self) -> str:
+        return f"[worker {self.worker}]" if self.worker is not None else f"[{self.index}/{self.total}]"
 
     def start(self, spec: RunSpec) -> None:
         self.index += 1
         self.started = time.monotonic()
-        self.write(f"[{self.index}/{self.total}] start {_what(spec)}")
+        self.write(f"{self.tag()} start {_what(spec)}")
 
     def end(self, spec: RunSpec, record: dict[str, Any]) -> None:
         elapsed = _elapsed(time.monotonic() - self.started)
@@ -233,7 +243,7 @@ class SweepProgress:
             )
         else:
             result = f"{status}: {str(record.get('error') or '').splitlines()[0][:160] if record.get('error') else ''}"
-        self.write(f"[{self.index}/{self.total}] end   {_what(spec)}: {result} ({elapsed})")
+        self.write(f"{self.tag()} end   {_what(spec)}: {result} ({elapsed})")
         self.bar.update(max(spec.steps, 1))
 
     def skip(self, spec: RunSpec) -> None:
