@@ -294,26 +294,37 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"allowed: {excerpt(allowed_list(labels), 500)}"
         )
 
+    committed = leaderboard.committed_records(records, results) if board else None
+    grids = _suite_grids(root, set(committed["suite"]) if committed is not None and len(committed) else set())
+
     def render(records, fmt):
         with_claims = claims if board else None
-        return report.render(
+        text = report.render(
             records, fmt, args.selection, references=references, baseline=args.baseline, claims=with_claims
         )
+        text += report.render_pending(*grids, records, fmt) if grids else ""
+        if board:
+            from qatbench.report.figures import figure_folder, planned_figures
+
+            tables = report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
+            text += leaderboard.figure_links(planned_figures(tables, records), figure_folder, fmt)
+        return text
 
     if args.claims and not board:
         return _report_claims(args, records, claims)
     if board:
         out = Path(args.out or "reports")
-        texts = leaderboard.leaderboard_texts(leaderboard.committed_records(records, results), results, render)
+        texts = leaderboard.leaderboard_texts(committed, results, render)
         if args.check:
             problems = leaderboard.stale(texts, out)
             print("\n".join(problems) if problems else f"{out}/{leaderboard.NAME}.md and .tex match the records")
             return 1 if problems else 0
         try:
             paths = leaderboard.write(texts, out)
+            figures = leaderboard.write_figures(lambda folder: _draw_main_figures(args, committed, folder), out)
         except OSError as exc:
             raise UserError(f"--out {out}: cannot write the leaderboard: {exc.strerror or exc}") from None
-        print(f"wrote {', '.join(str(p) for p in paths)}")
+        print(f"wrote {', '.join(str(p) for p in paths)} and {len(figures)} figure files under {out / leaderboard.FIGURES}")
         return 0
     text = render(records, args.format)
     if args.out:
@@ -326,6 +337,34 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"{len(written)} figure files written to {Path(args.out) / 'figures'}", file=sys.stderr)
     print(text)
     return 0
+
+
+def _draw_main_figures(args: argparse.Namespace, records, folder: Path) -> list[Path]:
+    from qatbench import report
+    from qatbench.report.figures import report_figures
+
+    tables = report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
+    return report_figures(tables, records, folder, analysis=False)
+
+
+def _suite_grids(root: Path | None, names: set[str]):
+    """The leaderboard's pending cells: every suite file under the repository's suites/ named like a
+    suite of the committed records, expanded to its runs (cells, {suite name: file}); None outside a
+    repository or without committed records."""
+    if root is None or not names or not (root / "suites").is_dir():
+        return None
+    import pandas as pd
+
+    from qatbench.runner import api
+    from qatbench.runner.status import grid_cells
+
+    cells, files = [], {}
+    for path in sorted((root / "suites").glob("*.yaml")):
+        suite = api.load_suite(str(path), [])
+        if suite.name in names and suite.name not in files:
+            files[suite.name] = path.relative_to(root).as_posix()
+            cells += grid_cells(api.expand(suite))
+    return pd.DataFrame(cells, columns=["suite", "label", "bits", "domain", "seed", "run_id"]), files
 
 
 def _write_text(args: argparse.Namespace, stem: str, text: str) -> None:

@@ -94,6 +94,22 @@ def test_rerun_with_the_same_analysis_skips_and_with_new_settings_reanalyses(ana
     assert all(after[k]["run_id"] == before[k]["run_id"] and after[k]["id_acc"] == before[k]["id_acc"] for k in after)
 
 
+def test_a_landscape_asked_of_other_seeds_is_left_out_of_these_runs(analysed, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(analysed / "results", results)
+    suite = write_suite(tmp_path, TINY_SUITE.replace("seeds: [0]", "seeds: [0]\n" + ANALYSIS), "tiny.yaml")
+    before = _records(results)
+    other = run_cli(
+        "run", str(suite), "--results", str(results), "--set", "datasets[0].test_envs=[0]",
+        "--set", "analysis.landscape[0].run_seeds=[1]",
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    after = _records(results)
+    assert after[("erm", 0)]["landscape.files"] == []  # its only landscape is asked of seed 1's runs
+    assert after[("lsq", 0)]["landscape.files"] == [f for f in before[("lsq", 0)]["landscape.files"] if "interp" in f]
+    assert after[("lsq", 0)]["hessian.eigenvalues"] == pytest.approx(before[("lsq", 0)]["hessian.eigenvalues"])
+
+
 def test_analyze_a_results_folder_draws_figures(analysed, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(analysed / "results", results)

@@ -311,5 +311,36 @@ def test_a_metric_the_records_lack_waits_instead_of_testing_nothing(tmp_path):
     records = _parent_records(tmp_path, [1.0, 2.0]).drop(columns=["hessian.trace"])
     row = _only_row(records, _claim(tmp_path))
     assert row.verdict == "waiting: no Tr(H) in the records of these runs"
-    row = _only_row(records.drop(columns=["parent_run_id"]), _claim(tmp_path))
-    assert row.verdict == "waiting: the records name no FP parent (parent_run_id)"
+    orphans = records.drop(columns=["parent_run_id"])
+    row = _only_row(orphans[orphans["label"] != "erm"], _claim(tmp_path))
+    assert row.verdict == "waiting: the records name no FP parent (parent_run_id) and no erm run pairs with them"
+
+
+def test_runs_quantized_from_the_pretrained_weights_pair_with_the_erm_run_of_their_seed(tmp_path):
+    records = _parent_records(tmp_path, [1.0, 2.0, 4.0])
+    with_parents = _only_row(records, _claim(tmp_path))
+    orphans = records.assign(parent_run_id=None)  # protocol from_pretrained: no parent_run_id
+    row = _only_row(orphans, _claim(tmp_path))
+    assert row.n == "3" and row.effect == pytest.approx(7 / 3)  # erm's trace 100, not the sam decoy's 1000
+    assert (row.effect, row.p) == pytest.approx((with_parents.effect, with_parents.p))
+
+
+def test_a_method_is_compared_with_its_baseline_under_its_own_protocol(tmp_path):
+    """fpq fine-tunes the FP run; the suite's `lsq` is quantized from the pretrained weights and
+    `lsq_from_fp` fine-tunes the FP run: fpq's claim pairs with lsq_from_fp, not with lsq."""
+    results = tmp_path / "results"
+    for seed in range(3):
+        for run, label, method, protocol, ood in [
+            ("lsq", "lsq", "lsq", "from_pretrained", 0.40),
+            ("fp", "lsq_from_fp", "lsq", "from_fp_run", 0.60 + 0.01 * seed),
+            ("fpq", "fpq", "fpq", "from_fp_run", 0.61 + 0.02 * seed),
+        ]:
+            curve = [{"step": 10, "loss": 1.0, "id_acc": 0.9, "ood_acc": ood, "env0_in_acc": ood, "env0_out_acc": ood}]
+            write_run_folder(
+                results, f"{run}{seed}", label=label, bits="W4A4", seed=seed, test_envs=[0], environments=["0", "15"],
+                curve_rows=curve, id_acc=0.9, ood_acc=ood, method=method, protocol=protocol,
+            )  # fmt: skip
+    text = VALID.replace("method: lsq", "method: fpq").replace("baseline: parent", "baseline: lsq")
+    claims = load_claims(_claims_file(tmp_path, text.replace("metric: hessian.trace", "metric: ood_acc")))
+    row = _only_row(report.load_records(results), claims)
+    assert row.n == "3" and row.effect == pytest.approx(2.0)  # +1, +2, +3 points over lsq_from_fp, not +21..+25

@@ -8,6 +8,7 @@ After an intended change of the report's output, regenerate and review the diff:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,6 +95,9 @@ def test_leaderboard_is_written_with_its_provenance_and_check_passes(tmp_path):
     assert tex.startswith("% # qatbench leaderboard") and r"\begin{table}" in tex
     assert tex.splitlines()[-2:] == [f"% {line}" for line in footer]
     assert "lsq [paper]" in md  # the references of suites/references sit beside the measured rows
+    links = re.findall(r"\]\((figures/[^)]+\.png)\)", md)  # every linked figure is drawn, and only those
+    assert len(links) == 3 and all((repo / "reports" / link).stat().st_size > 10_000 for link in links)
+    assert sorted(p.relative_to(repo / "reports").as_posix() for p in (repo / "reports").rglob("*.png")) == sorted(links)
     assert "### golden · RotatedMNIST · small_cnn · claims" in md and "| contradicted " in md  # its claims.yaml
     check = run_cli("report", "--check", cwd=repo)
     assert check.returncode == 0, check.stdout + check.stderr

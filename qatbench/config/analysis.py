@@ -55,6 +55,9 @@ class LandscapeConfig(_Strict):
     seed: int = Field(default=0, ge=0)  # directions are seeded per suite and architecture
     subset: int = Field(default=1024, ge=1)  # evaluation images
     points_per_forward: int = Field(default=1, ge=1)  # grid points vmapped into one forward (GPU)
+    # which runs get this landscape: those of these run seeds (null: every run). A grid of a few hundred
+    # runs on a CPU affords a landscape of one seed per method and bit width, not of every run
+    run_seeds: list[Annotated[int, Field(ge=0)]] | None = None
 
     @model_validator(mode="after")
     def _direction(self):
@@ -79,7 +82,11 @@ class AnalysisConfig(_Strict):
 
     def digest(self) -> str:
         """A short hash of the settings: a finished run analysed with other settings is analysed again."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        settings = self.model_dump(mode="json")
+        for cut in settings["landscape"]:  # left at its default, a newer field keeps older digests as they were
+            if cut["run_seeds"] is None:
+                del cut["run_seeds"]
+        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property

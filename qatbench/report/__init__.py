@@ -18,6 +18,7 @@ from qatbench.report.claims import Claim, load_claims
 from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.report.collect import load_curves, load_records
 from qatbench.report.comparisons import comparison_table
+from qatbench.report.pending import pending_tables
 from qatbench.report.references import attach_references, load_references
 from qatbench.report.render import TextTable, to_latex, to_markdown
 from qatbench.report.select import SELECTIONS, Selection
@@ -42,6 +43,7 @@ __all__ = [
     "load_references",
     "render",
     "render_claims",
+    "render_pending",
     "text_tables",
 ]
 
@@ -118,6 +120,14 @@ def claims_text(tables: list[ClaimTable], format: Format = "md") -> str:
         return "No records found.\n"
     texts = claims_text_tables(tables)
     return to_markdown(texts) if format == "md" else to_latex(texts)
+
+
+def render_pending(cells: pd.DataFrame, suite_files: dict[str, str], records: pd.DataFrame, format: Format = "md") -> str:
+    """The pending cells of each suite's grid (report/pending.py), after the tables; "" when none."""
+    tables = pending_tables(cells, records, suite_files)
+    if not tables:
+        return ""
+    return "\n" + (to_markdown(tables) if format == "md" else to_latex(tables))
 
 
 def _check_format(format: str) -> None:

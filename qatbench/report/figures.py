@@ -190,35 +190,63 @@ def sharpness_vs_ood_figure(runs: pd.DataFrame, title: str, chance: float | None
     return fig
 
 
-def report_figures(tables: list[Table], records: pd.DataFrame, out: Path) -> list[Path]:
-    """Every figure of a report under `out`, one folder per suite, dataset and model."""
+MAIN_FIGURES = ("accuracy_vs_bits", "id_vs_ood", "sharpness_vs_ood")
+
+
+def planned_figures(tables: list[Table], records: pd.DataFrame) -> list[tuple[tuple, str]]:
+    """The main figures the records give, as ((suite, dataset, model), name) in drawing order: what
+    `report_figures` draws and what the leaderboard links, from one rule."""
+    runs = sharpness_runs(records)
+    plan = []
+    for key, group in _by_key(tables).items():
+        values = _avg_values(group)
+        if len(values) and _bits_order(values):
+            plan.append((key, "accuracy_vs_bits"))
+        if len(values) and (values["header"] == "OOD").any():  # I.D.-only suites (test_envs: none): no OOD axis
+            plan.append((key, "id_vs_ood"))
+        if len(_runs_of(runs, key)):
+            plan.append((key, "sharpness_vs_ood"))
+    return plan
+
+
+def figure_folder(key: tuple) -> str:
+    """The folder of one (suite, dataset, model)'s figures, relative to the figures root."""
+    return _slug(*key)
+
+
+def report_figures(tables: list[Table], records: pd.DataFrame, out: Path, analysis: bool = True) -> list[Path]:
+    """Every figure of a report under `out`, one folder per suite, dataset and model; `analysis`: also
+    the landscape and spectrum figures of one run per method and bit width."""
     out, written = Path(out), []
+    by_key = _by_key(tables)
+    runs = sharpness_runs(records)
+    palette = Palette(records["label"].dropna() if "label" in records else [])  # one colour per method, all figures
+    for key, name in planned_figures(tables, records):
+        title, chance, stem = " · ".join(key), _chance(records, key[1]), out / figure_folder(key) / name
+        if name == "accuracy_vs_bits":
+            written += save_figure(accuracy_vs_bits_figure(_avg_values(by_key[key]), title, palette, chance), stem)
+        elif name == "id_vs_ood":
+            written += save_figure(id_vs_ood_figure(_avg_values(by_key[key]), title, palette, chance), stem)
+        else:
+            written += save_figure(sharpness_vs_ood_figure(_runs_of(runs, key), title, chance), stem)
+    if analysis:
+        for key in by_key:
+            for bits, run_dirs in _representative_runs(records, key).items():
+                written += analysis_figures(run_dirs, out / figure_folder(key) / "analysis" / _slug(bits), palette)
+    return written
+
+
+def _by_key(tables: list[Table]) -> dict[tuple, list[Table]]:
     by_key: dict[tuple, list[Table]] = {}
     for table in tables:
         by_key.setdefault(table.key[:3], []).append(table)
-    runs = sharpness_runs(records)
-    palette = Palette(records["label"].dropna() if "label" in records else [])  # one colour per method, all figures
-    for key, group in by_key.items():
-        folder, title = out / _slug(*key), " · ".join(key)
-        values = _avg_values(group)
-        chance = _chance(records, key[1])
-        if len(values):
-            if _bits_order(values):
-                written += save_figure(
-                    accuracy_vs_bits_figure(values, title, palette, chance), folder / "accuracy_vs_bits"
-                )
-            if (values["header"] == "OOD").any():  # I.D.-only suites (test_envs: none) have no OOD axis
-                written += save_figure(id_vs_ood_figure(values, title, palette, chance), folder / "id_vs_ood")
-        mine = (
-            runs[(runs["suite"] == key[0]) & (runs["dataset"] == key[1]) & (runs["model"] == key[2])]
-            if len(runs)
-            else runs
-        )
-        if len(mine):
-            written += save_figure(sharpness_vs_ood_figure(mine, title, chance), folder / "sharpness_vs_ood")
-        for bits, run_dirs in _representative_runs(records, key).items():
-            written += analysis_figures(run_dirs, folder / "analysis" / _slug(bits), palette)
-    return written
+    return by_key
+
+
+def _runs_of(runs: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    if not len(runs):
+        return runs
+    return runs[(runs["suite"] == key[0]) & (runs["dataset"] == key[1]) & (runs["model"] == key[2])]
 
 
 def _chance(records: pd.DataFrame, dataset: str) -> float | None:

@@ -12,7 +12,8 @@ Holm's correction across the rows of the table, the smallest effect this n detec
 
 Which numbers: a difference claim uses the accuracies of the selected evaluation (as the accuracy
 tables do) and the Hessian of the final weights; runs pair on seed and test domain (a run with
-`baseline: parent` pairs with its own FP parent), the paired statistics of paired.py; where fewer than
+`baseline: parent` pairs with its own FP parent, or, quantized from the pretrained weights, with the
+`erm` run of its seed and domain), the paired statistics of paired.py; where fewer than
 two runs pair, Welch's unpaired test of significance.py. A correlation claim uses the final accuracies
 (the same weights as the Hessian, as sharpness.py does): Kendall's tau-b with scipy's p and a paired
 percentile bootstrap CI over runs (Efron & Tibshirani 1993).
@@ -37,6 +38,8 @@ from qatbench.report.significance import compare
 from qatbench.report.tables import FP, KEYS, TABLE, finished_runs, selected_runs
 
 BOOTSTRAP_RESAMPLES = 999
+PROTOCOL = "protocol"  # records name how quantization met training (config/protocol.py)
+FP_COUNTERPART = "erm"  # `baseline: parent` for runs without one (from_pretrained): this FP run, same seed and domain
 BOOTSTRAP_SEED = 0  # a report must not change from one rendering to the next
 SUPPORTED, CONTRADICTED, WAITING = "supported", "contradicted", "waiting"
 
@@ -72,7 +75,7 @@ def measure_claims(records: pd.DataFrame, claims: list[Claim], selection: Select
     runs, _ = finished_runs(records)
     if runs.empty:
         return []
-    keep = [*KEYS, "domain", "run_dir", "curve_file", PARENT_ID, *METRICS]
+    keep = [*KEYS, "domain", "run_dir", "curve_file", PARENT_ID, "method", PROTOCOL, *METRICS]
     runs = runs[[c for c in keep if c in runs]]  # records have ~200 columns; copies of them are slow
     final = runs.copy()
     chosen = selected_runs(runs, load_curves(runs), selection)
@@ -129,21 +132,35 @@ def _difference_rows(claim: Claim, runs: pd.DataFrame) -> list[Row]:
 
 
 def _versus_parent(row: Row, ours: pd.DataFrame, runs: pd.DataFrame) -> None:
-    if PARENT_ID not in ours:
-        row.waiting = "the records name no FP parent (parent_run_id)"
-        return
+    """Each run minus its FP parent; a run quantized from the pretrained weights (no parent: protocol
+    from_pretrained) minus its FP counterpart, the `erm` run of the same seed and test domain, which
+    started from the same weights and trained as many steps in full precision."""
+    metric = row.claim.metric
     parents = runs.drop_duplicates("run_id").set_index("run_id")
-    pairs = ours[ours[PARENT_ID].isin(parents.index)]
-    if pairs.empty:
-        row.waiting = "no finished FP parent among the records"
+    ours = ours if PARENT_ID in ours else ours.assign(**{PARENT_ID: None})
+    named = ours[PARENT_ID].notna()
+    pairs = ours[named & ours[PARENT_ID].isin(parents.index)]
+    differences = values(pairs, metric).to_numpy() - values(parents, metric).loc[pairs[PARENT_ID]].to_numpy()
+    orphans = ours[~named]
+    counterparts = runs[(runs["label"] == FP_COUNTERPART) & (runs["bits"] == FP)]
+    if len(orphans) and len(counterparts):
+        a = orphans.assign(_v=values(orphans, metric))[["seed", "domain", "_v"]]
+        b = counterparts.assign(_v=values(counterparts, metric))[["seed", "domain", "_v"]]
+        matched = a.merge(b, on=["seed", "domain"], suffixes=("", "_fp"))
+        differences = np.concatenate([differences, (matched["_v"] - matched["_v_fp"]).to_numpy()])
+    if len(differences) == 0:
+        row.waiting = (
+            "no finished FP parent among the records"
+            if named.any()
+            else f"the records name no FP parent (parent_run_id) and no {FP_COUNTERPART} run pairs with them"
+        )
         return
-    parent_values = values(parents, row.claim.metric).loc[pairs[PARENT_ID]].to_numpy()
-    _paired(row, values(pairs, row.claim.metric).to_numpy() - parent_values)
+    _paired(row, differences)
 
 
 def _versus_method(row: Row, ours: pd.DataFrame, runs: pd.DataFrame) -> None:
     """Against another method at the same bits, or at FP when it has no runs at these bits (an FP baseline)."""
-    baseline = runs[runs["label"] == row.claim.baseline]
+    baseline = same_protocol_baseline(row.claim.baseline, ours, runs)
     theirs = baseline[baseline["bits"] == row.setting]
     theirs = theirs if len(theirs) else baseline[baseline["bits"] == FP]
     if theirs.empty:
@@ -162,6 +179,21 @@ def _versus_method(row: Row, ours: pd.DataFrame, runs: pd.DataFrame) -> None:
     row.ci_low, row.ci_high = result.ci_low, result.ci_high
     row.n, row.n_min = f"{len(ours_v)} vs {len(theirs_v)}", min(len(ours_v), len(theirs_v))
     row.detectable = welch_detectable(ours_v, theirs_v)
+
+
+def same_protocol_baseline(name: str, ours: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs labelled `name`; but when the claim's runs trained under one protocol and those under
+    another (fpq fine-tunes the FP run, while the suite's `lsq` is quantized from the pretrained
+    weights), the runs of method `name` under the claim's protocol where the records have them (the
+    suite's lsq_from_fp), so that a claim compares methods, not protocols."""
+    labelled = runs[runs["label"] == name]
+    if PROTOCOL not in runs or "method" not in runs or ours[PROTOCOL].nunique() != 1:
+        return labelled
+    protocol = ours[PROTOCOL].iloc[0]
+    if labelled.empty or (labelled[PROTOCOL] == protocol).any():
+        return labelled
+    matched = runs[(runs["method"] == name) & (runs[PROTOCOL] == protocol)]
+    return matched if matched["label"].nunique() == 1 else labelled
 
 
 def _paired(row: Row, differences: np.ndarray) -> None:

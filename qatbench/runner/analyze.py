@@ -199,6 +199,8 @@ def analyze_run(
         (folder / HESSIAN_FILE).unlink(missing_ok=True)  # a figure must never show another setting's numbers
     files = []
     for cut in config.landscape:
+        if cut.run_seeds is not None and record.get("seed") not in cut.run_seeds:
+            continue  # this landscape is asked of other seeds' runs
         cut_batches, cut_digest = landscape_batches[cut.subset]
         files.append(
             _landscape(folder, record, model, cut, cut_batches, cut_digest, names, top_vector, device, progress)
@@ -222,6 +224,7 @@ def _mean_loss(model, batches) -> float:
 def _landscape(folder, record, model, cut: LandscapeConfig, batches, digest, names, top_vector, device, progress):
     settings = cut.model_dump(mode="json")
     settings.pop("points_per_forward")  # how fast, not what
+    settings.pop("run_seeds")  # which runs, not what
     key = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:8]
     path = folder / LANDSCAPE_DIR / f"{cut.kind}_{cut.direction}_{key}.npz"
     setup = {**names, **settings, "subset_n": cut.subset, "subset_hash": digest}

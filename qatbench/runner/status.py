@@ -164,3 +164,22 @@ def _steps_done(folder: Path) -> int:
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def grid_cells(specs: list[RunSpec]) -> list[dict]:
+    """One row per planned run (label, bits, test domain by name, seed, run id): the grid a leaderboard
+    names its pending cells from. Ensembles count as cells; the FP parents that --only brings are the
+    suite's own erm runs."""
+    from qatbench.runner.sweep import named_test_domains  # sweep imports the training stack
+
+    return [
+        {
+            "suite": spec.suite,
+            "label": spec.label,
+            "bits": spec.bits_label,
+            "domain": named_test_domains(spec),
+            "seed": spec.seed,
+            "run_id": spec.run_id,
+        }
+        for spec in specs
+    ]
