@@ -195,12 +195,34 @@ def test_a_killed_switch_at_run_resumes_to_the_uninterrupted_numbers(tmp_path, m
 
 
 def test_the_lite0_suites_run_each_protocol_once_per_domain_and_seed():
-    for name, runs in (("pacs_lite0_full", 48), ("pacs64_lite0", 48)):
-        specs = api.expand(api.load_suite(ROOT / "suites" / f"{name}.yaml"))
-        assert len(specs) == runs, name
-        labels = {s.label: s for s in specs if s.seed == 0 and s.test_envs == (3,)}
-        assert labels["lsq"].parent.run_id == labels["erm"].run_id
-        assert labels["lsq_from_pretrained"].parent is None
-        switch = next(s for label, s in labels.items() if label.startswith("lsq_switch_at"))
-        assert switch.parent is None and switch.protocol.fp_hparams == dict(labels["erm"].hparams)
-        assert {s.quant.depthwise_per_channel for s in specs if s.quant} == {True}
+    specs = api.expand(api.load_suite(ROOT / "suites" / "pacs_lite0_full.yaml"))
+    assert len(specs) == 48
+    labels = {s.label: s for s in specs if s.seed == 0 and s.test_envs == (3,)}
+    assert labels["lsq"].parent.run_id == labels["erm"].run_id
+    assert labels["lsq_from_pretrained"].parent is None
+    switch = next(s for label, s in labels.items() if label.startswith("lsq_switch_at"))
+    assert switch.parent is None and switch.protocol.fp_hparams == dict(labels["erm"].hparams)
+    assert {s.quant.depthwise_per_channel for s in specs if s.quant} == {True}
+
+
+def test_the_pacs_grid_is_the_issue_s_grid():
+    """suites/pacs64_lite0.yaml, the PACS leaderboard: every method, protocol and bit width issue 23 names,
+    over 4 test domains x 3 seeds."""
+    specs = api.expand(api.load_suite(ROOT / "suites" / "pacs64_lite0.yaml"))
+    cells = {}
+    for s in specs:
+        cells.setdefault((s.label, s.bits_label, s.protocol.name), set()).add((s.test_envs, s.seed))
+    pretrained = {(m, b, "from_pretrained") for m in ("lsq", "lsq_sagm", "gaqat", "fqat") for b in ("W4A4", "W3A3")}
+    from_fp = {(m, "W4A4", "from_fp_run") for m in ("fpq", "kd", "cr", "mec", "lsq_from_fp")}
+    post = {(m, b, "from_fp_run") for m in ("ptq", "dnq") for b in ("W4A4", "W3A3")}
+    trained = {("erm", "FP", "from_fp_run"), ("sagm", "FP", "from_fp_run"), ("lsq_switch_at_200", "W4A4", "switch_at")}
+    trained |= {("qtdog", "W7A32", "switch_at"), ("qtdog_w4", "W4A32", "switch_at")}
+    ensembles = {("erm_ensemble", "FP", "from_fp_run"), ("eoq", "W7A32", "from_fp_run")}
+    assert set(cells) == pretrained | from_fp | post | trained | ensembles
+    for key, runs in cells.items():
+        seeds = {0} if key in ensembles else {0, 1, 2}  # an ensemble is one run over the seeds
+        assert runs == {((d,), seed) for d in range(4) for seed in seeds}, key
+    assert len(specs) == 272 and {s.quant.depthwise_per_channel for s in specs if s.quant} == {True}
+    by_label = {s.label: s for s in specs if s.seed == 0 and s.test_envs == (3,)}
+    assert by_label["lsq_from_fp"].parent.run_id == by_label["erm"].run_id and by_label["lsq"].parent is None
+    assert by_label["qtdog"].protocol.switch_at == 240 and by_label["lsq_switch_at_200"].protocol.switch_at == 200
