@@ -89,3 +89,39 @@ def test_slurm_array_tasks_and_a_plain_run_write_the_same_numbers(tmp_path):
     assert "trained by 2 workers" in slurm.stdout  # submitit's local executor ran the array's two tasks
     ours, theirs = numbers(tmp_path / "slurm"), numbers(tmp_path / "plain")
     assert len(ours) == 2 and ours == theirs
+
+
+def test_sigterm_to_a_workers_sweep_stops_its_workers_too(tmp_path):
+    """`kill <pid>` of `qatbench run --workers 2` must not leave spawned workers training the old plan."""
+    suite = write_suite(tmp_path, SUITE.replace("steps: 24", "steps: 100000").replace("eval_every: 24", "eval_every: 100000"))
+    env = {**os.environ, "QATBENCH_QUIET": "1"}
+    command = [sys.executable, "-m", "qatbench.cli", "run", str(suite), "--results", str(tmp_path / "r"), "--workers", "2"]
+    sweep = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not list((tmp_path / "r").rglob("heartbeat")) and time.time() < deadline and sweep.poll() is None:
+        time.sleep(0.1)
+    children = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+    workers = [int(pid) for pid in children]
+    assert len(workers) >= 2, children  # the two workers (and the executor's helpers, if any)
+    try:
+        sweep.send_signal(signal.SIGTERM)  # the parent alone, as `kill <pid>` does
+        _, err = sweep.communicate(timeout=60)
+        assert sweep.returncode == 128 + signal.SIGTERM and "worker(s) terminated" in err, err
+        time.sleep(1)
+        alive = [pid for pid in workers if _alive(pid)]
+        assert not alive, alive
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL) if sweep.poll() is None else None
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not list((tmp_path / "r").rglob(store.RECORD))  # nothing finished; the runs resume next time
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited

@@ -10,10 +10,14 @@ suite's `slurm:` resources; the tasks coordinate through the same locks on the s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -83,13 +87,43 @@ def run_local(
             flush=True,
         )
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context) as pool, _workers_stop_with(pool):
         try:
             trained = [count for count, _ in pool.map(_work, jobs)]
         except BrokenProcessPool:  # a worker was killed (OOM killer, kill -9): say so, keep what finished
             log.warning("a worker process died; its run is left unfinished and resumes on the next run")
             trained = []
     return _collect(planned, results, finished_before, trained, data_root)
+
+
+class _Stopped(SystemExit):
+    """SIGTERM to the sweep's parent process."""
+
+
+@contextlib.contextmanager
+def _workers_stop_with(pool: ProcessPoolExecutor):
+    """`kill <pid>` (SIGTERM) or Ctrl-C on `qatbench run --workers N` stops its workers too: left alone,
+    spawned workers are not in the terminal's way and would go on training the old plan. Their runs
+    stay unfinished and resume on the next run."""
+    main = threading.current_thread() is threading.main_thread()
+
+    def stop(signum, frame):
+        raise _Stopped(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API before 3.14
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=30)
+        print(f"stopped: {len(processes)} worker(s) terminated; their runs resume on the next run", file=sys.stderr)
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def submit_slurm(
