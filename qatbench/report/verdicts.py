@@ -298,7 +298,8 @@ def _text_table(table: ClaimTable) -> TextTable:
     caption = (
         f"What this harness measured for each claim of the papers ({tally}). Effect: the claim's quantity "
         f"(see below; accuracies in percentage points). Differences: runs paired on seed and test domain "
-        f"(`parent`: each QAT run with its own FP parent), mean paired difference with its 95% t interval "
+        f"(`parent`: each QAT run with its own FP parent, or the erm run of its seed and domain when it was "
+        f"quantized from the pretrained weights), mean paired difference with its 95% t interval "
         f"and the paired t-test's p, beside it the two-sided sign-flip permutation p that assumes no normal "
         f"distribution (exact up to 16 pairs; never below 2/2^n, so 1/32 at 6 pairs); Welch's t-test where "
         f"fewer than 2 runs pair (n = runs vs runs). Correlations: Kendall's "
