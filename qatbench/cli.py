@@ -306,8 +306,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if board:
             from qatbench.report.figures import figure_folder, planned_figures
 
-            tables = report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
-            text += leaderboard.figure_links(planned_figures(tables, records), figure_folder, fmt)
+            text += leaderboard.figure_links(planned_figures(_tables(args, records), records), figure_folder, fmt)
         return text
 
     if args.claims and not board:
@@ -332,19 +331,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not args.no_figures:
             from qatbench.report.figures import report_figures
 
-            tables = report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
-            written = report_figures(tables, records, Path(args.out) / "figures")
+            written = report_figures(_tables(args, records), records, Path(args.out) / "figures")
             print(f"{len(written)} figure files written to {Path(args.out) / 'figures'}", file=sys.stderr)
     print(text)
     return 0
 
 
-def _draw_main_figures(args: argparse.Namespace, records, folder: Path) -> list[Path]:
+def _tables(args: argparse.Namespace, records):
+    """The report's tables of `records` under --selection: what its figures are drawn from."""
     from qatbench import report
+
+    return report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
+
+
+def _draw_main_figures(args: argparse.Namespace, records, folder: Path) -> list[Path]:
     from qatbench.report.figures import report_figures
 
-    tables = report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
-    return report_figures(tables, records, folder, analysis=False)
+    return report_figures(_tables(args, records), records, folder, analysis=False)
 
 
 def _suite_grids(root: Path | None, names: set[str]):
@@ -355,6 +358,7 @@ def _suite_grids(root: Path | None, names: set[str]):
         return None
     import pandas as pd
 
+    from qatbench.report.pending import CELL_COLUMNS
     from qatbench.runner import api
     from qatbench.runner.status import grid_cells
 
@@ -364,7 +368,7 @@ def _suite_grids(root: Path | None, names: set[str]):
         if suite.name in names and suite.name not in files:
             files[suite.name] = path.relative_to(root).as_posix()
             cells += grid_cells(api.expand(suite))
-    return pd.DataFrame(cells, columns=["suite", "label", "bits", "domain", "seed", "run_id"]), files
+    return pd.DataFrame(cells, columns=list(CELL_COLUMNS)), files
 
 
 def _write_text(args: argparse.Namespace, stem: str, text: str) -> None:
