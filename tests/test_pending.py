@@ -38,6 +38,24 @@ def test_pending_cells_are_grouped_by_method_bits_domain_and_seed():
     assert "2 of 4 pending (2 finished)" in table.caption and "`qatbench run suites/s.yaml`" in table.caption
 
 
+def test_an_ensemble_row_names_its_pending_domains_without_a_seed():
+    """An ensemble is one run per test domain (recorded as seed 0): its pending cells are domains."""
+    cells = pd.DataFrame(
+        [
+            ("s", "erm", "FP", "sketch", 0, "a"), ("s", "erm", "FP", "sketch", 1, "b"),
+            ("s", "erm_ensemble", "FP", "sketch", 0, "c"), ("s", "erm_ensemble", "FP", "photo", 0, "d"),
+            ("s", "erm_ensemble", "FP", "cartoon", 0, "e"),
+            ("s", "eoq", "W7A32", "sketch", 0, "f"), ("s", "eoq", "W7A32", "photo", 0, "g"),
+        ],
+        columns=["suite", "label", "bits", "domain", "seed", "run_id"],
+    )  # fmt: skip
+    records = pd.DataFrame({"run_id": ["a", "c"], "status": ["done", "done"]})
+    (table,) = pending_tables(cells, records, {})
+    assert table.cells.loc[("erm", "FP")].tolist() == ["1 of 2", "sketch (seed 1)"]
+    assert table.cells.loc[("erm_ensemble", "FP")].tolist() == ["1 of 3", "photo; cartoon"]
+    assert table.cells.loc[("eoq", "W7A32")].tolist() == ["0 of 2", "all (2 domains)"]
+
+
 def test_the_leaderboard_lists_the_runs_a_committed_suite_still_lacks(tmp_path):
     repo = tmp_path / "repo"
     (repo / "suites").mkdir(parents=True)

@@ -114,6 +114,22 @@ def test_markdown_marks_partial_cells_and_lists_what_did_not_finish(results):
     assert "- h lsq_v2 W4A4 seed 1 test_envs [2]: failed: RuntimeError: out of memory" in text
 
 
+def test_an_ensemble_is_one_run_per_domain_not_a_row_missing_seeds(results):
+    """erm_ensemble averages the erm seeds: one record per test domain (seed 0, `members` listed). Its
+    cells are complete, not "1/2 seeds", and the caption says what the row is."""
+    for env, ood in ((0, 0.66), (2, 0.86)):
+        curve = [(0.9, ood, 0.5)]
+        _write_run(results, f"ens-{env}", label="erm_ensemble", bits="FP", seed=0, test_env=env, curve=curve)
+        record = results / "suite" / f"ens-{env}" / "record.json"
+        record.write_text(json.dumps(json.loads(record.read_text()) | {"members": ["a", "b"], "steps": 0}))
+    text = report.render(report.load_records(results), format="md")
+    row = next(line for line in text.splitlines() if line.startswith("| erm_ensemble"))  # the accuracy table
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2:5] == ["66.0", "86.0", "76.0"]  # no "(1/2 seeds)": its one run per domain is all it has
+    assert "n = 2 seeds unless a cell says otherwise" in text
+    assert "erm_ensemble: an ensemble, one run per test domain that averages the members' seeds." in text
+
+
 def test_latex_escapes_names_and_uses_pm(results):
     tex = report.render(report.load_records(results), format="latex")
     assert r"lsq\_v2" in tex and r"65.0 $\pm$ 7.1" in tex and r"30.0 (1/2 seeds; failed: RuntimeError" in tex

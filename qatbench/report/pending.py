@@ -29,12 +29,14 @@ def pending_tables(cells: pd.DataFrame, records: pd.DataFrame, suite_files: dict
         rows = {}
         for (label, bits), runs in grid.groupby(["label", "bits"], sort=False):
             missing = runs[~runs["finished"]]
+            one_seed = runs["seed"].nunique() == 1  # an ensemble (one run per domain) or a one-seed suite
             if len(missing) == len(runs) > 1:
                 domains, seeds = runs["domain"].nunique(), runs["seed"].nunique()
-                rows[(label, bits)] = {"Finished": f"0 of {len(runs)}", "Pending": f"all ({domains} domains x {seeds} seeds)"}
+                grid_size = f"{domains} domains" if one_seed else f"{domains} domains x {seeds} seeds"
+                rows[(label, bits)] = {"Finished": f"0 of {len(runs)}", "Pending": f"all ({grid_size})"}
                 continue
             by_domain = [
-                f"{domain} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))})"
+                domain if one_seed else f"{domain} ({_seeds(seeds)})"
                 for domain, seeds in missing.groupby("domain", sort=False)["seed"]
             ]
             rows[(label, bits)] = {
@@ -52,3 +54,8 @@ def pending_tables(cells: pd.DataFrame, records: pd.DataFrame, suite_files: dict
         )
         tables.append(TextTable(f"{suite} · pending", table, caption))
     return tables
+
+
+def _seeds(seeds: pd.Series) -> str:
+    """ "seed 1", "seeds 0, 2"."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}"

@@ -78,6 +78,8 @@ def attach_references(table: Table, references: pd.DataFrame, runs: pd.DataFrame
     refs = refs[keep]
     labels = [label for label, _ in table.mean.index]
     shown: list[pd.Series] = []
+    hidden: dict[tuple[str, str], list[str]] = {}  # (header, test domain) without a column -> "row value"
+    averaged: dict[tuple[str, str, str], list[str]] = {}  # (header, our domains, theirs) -> "row printed mean"
     for (method, ref_bits, ref_model), group in refs[refs["metric"].isin(ABSOLUTE)].groupby(
         ["method", "bits", "model"], sort=False
     ):
@@ -86,15 +88,25 @@ def attach_references(table: Table, references: pd.DataFrame, runs: pd.DataFrame
         for row in group.itertuples():
             column = (ABSOLUTE[row.metric], _column(row.test_env, table))
             if column not in table.mean.columns:
-                table.notes.append(
-                    f"{name} {row.bits}: the paper's {row.metric} on test domain '{row.test_env}' ({row.value}, "
-                    f"{row.source}) has no column in this table."
-                )
+                hidden.setdefault((column[0], row.test_env), []).append(f"{name} {row.bits} {row.value}")
                 continue
             texts.setdefault(column, row.value)
-        table.notes.extend(_average_like_ours(texts, group, table, f"{name} {ref_bits}", _environments(runs)))
+        notes, means = _average_like_ours(texts, group, table, f"{name} {ref_bits}", _environments(runs))
+        table.notes.extend(notes)
+        for key, printed in means:
+            averaged.setdefault(key, []).append(f"{name} {ref_bits} {printed}")
         table.extra_rows.append(((name, ref_bits), texts))
         shown.extend(row for _, row in group.iterrows())
+    for (header, domain), values in hidden.items():
+        table.notes.append(
+            f"This table has no {header} column for test domain '{domain}'; the paper rows' values there: "
+            f"{', '.join(values)}."
+        )
+    for (header, ours, over), values in averaged.items():
+        table.notes.append(
+            f"[paper] rows' {header} Avg here is the mean of the paper's values on this table's test domain(s) "
+            f"({ours}), as ours; the paper's own mean over {over}: {', '.join(values)}."
+        )
     for _, row in refs[refs["metric"].isin(DELTAS)].iterrows():
         table.notes.append(_delta_note(row, table))
         shown.append(row)
@@ -121,7 +133,7 @@ def _environments(runs: pd.DataFrame) -> list[str]:
 
 def _average_like_ours(
     texts: dict, group: pd.DataFrame, table: Table, name: str, environments: list[str]
-) -> list[str]:
+) -> tuple[list[str], list[tuple[tuple[str, str, str], str]]]:
     """Make the paper row's Avg cells mean what ours mean: the average over this table's test domains.
 
     A printed Avg is taken as the paper's mean over every environment of the dataset, DomainBed's
@@ -129,8 +141,11 @@ def _average_like_ours(
     avg row covers; every DG paper cited there reports all domains). It stands as printed when this
     table's test domains are all of them. Else, where the paper prints a value for each of this
     table's domains, the Avg is their mean (to the printed decimals); where it does not, the printed
-    Avg stays, marked † and explained in a note, so that it is never read as our kind of average."""
-    notes = []
+    Avg stays, marked ‡ and explained in a note, so that it is never read as our kind of average.
+
+    Returns the ‡ notes, and for each Avg recomputed the paper's own printed mean, keyed by (header,
+    our domains, its domains), for the caller to name in one note for every paper row."""
+    notes, means = [], []
     for header in dict.fromkeys(h for h, _ in texts):
         ours = [d for h, d in table.mean.columns if h == header and d not in (AVG, NO_TEST_DOMAIN)]
         rows = group[group["metric"].map(ABSOLUTE) == header]
@@ -146,10 +161,7 @@ def _average_like_ours(
             texts[(header, AVG)] = f"{sum(float(v) for v in values) / len(values):.{decimals}f}"
             if len(printed):
                 over = ", ".join(environments or theirs) or "its test domains"
-                notes.append(
-                    f"{name}: its {header} Avg here is the mean of the paper's values on this table's test "
-                    f"domain(s) ({', '.join(ours)}), as ours; the paper's own mean over {over} is {printed.iloc[0]}."
-                )
+                means.append(((header, ", ".join(ours), over), printed.iloc[0]))
         elif (header, AVG) in texts:
             texts[(header, AVG)] = f"{texts[(header, AVG)]}{OWN_MEAN}"
             domains = environments or theirs
@@ -159,7 +171,7 @@ def _average_like_ours(
                 f"{name}: {OWN_MEAN} its {header} Avg is the paper's own mean over {over}, not over this table's "
                 f"({', '.join(ours)}): the paper prints no value for {', '.join(missing)}."
             )
-    return notes
+    return notes, means
 
 
 def _column(test_env: str, table: Table) -> str:
@@ -225,7 +237,8 @@ def _differences(shown: pd.DataFrame, model: str, runs: pd.DataFrame) -> list[st
     if sizes and our_sizes and set(sizes) != set(our_sizes):
         notes.append(f"Setting differs: the paper's image size is {', '.join(sizes)} px; here {', '.join(our_sizes)}.")
     steps = sorted({s for s in shown["steps"] if s}, key=float)
-    our_steps = sorted({str(int(s)) for s in runs.get("steps", pd.Series(dtype=float)).dropna()}, key=float)
+    trained = pd.to_numeric(runs.get("steps", pd.Series(dtype=float))).dropna()
+    our_steps = sorted({str(int(s)) for s in trained[trained > 0]}, key=float)  # 0: ensembles and PTQ train none
     if steps and our_steps and set(steps) != set(our_steps):
         notes.append(f"Setting differs: the paper trains {', '.join(steps)} steps; here {', '.join(our_steps)}.")
     return notes

@@ -180,11 +180,11 @@ def _table(attempted: pd.DataFrame, runs: pd.DataFrame, key: tuple, selection: S
         mean.loc[(label, bits), (header, domain)] = cell["value"].mean()
         std.loc[(label, bits), (header, domain)] = cell["value"].std(ddof=1)
         n.loc[(label, bits), (header, domain)] = len(cell)
-    # the seeds a row should have: those attempted by any row of its kind (FP, or this bit width)
-    expected = {b: int(attempted.loc[attempted["bits"] == b, "seed"].nunique()) for b in attempted["bits"].unique()}
+    expected = _expected_seeds(attempted)
     reasons = _reasons(attempted, set(runs["run_id"]) if len(runs) else set(), n, expected, domains)
     suite, dataset, model, bits = key
-    seeds = sorted(set(expected.values()))
+    ensembles = sorted({label for label, _ in _ensemble_rows(attempted)})
+    seeds = sorted({want for row, want in expected.items() if row[0] not in ensembles} or set(expected.values()))
     only_fp = all(b == FP for _, b in index)
     caption = (
         f"Accuracy (%) {selection.ood_description} (OOD) and on held-out data of the training domains (I.D.); "
@@ -193,13 +193,39 @@ def _table(attempted: pd.DataFrame, runs: pd.DataFrame, key: tuple, selection: S
         f"domains per seed first. Bold: the best {'' if only_fp else 'quantized '}method of each column among "
         f"cells with every seed. {DAGGER}: differs from the baseline at the same bits (Welch's t-test over "
         f"seeds, p < {ALPHA}, uncorrected for the number of cells)."
+        + (
+            f" {', '.join(ensembles)}: an ensemble, one run per test domain that averages the members' seeds."
+            if ensembles
+            else ""
+        )
     )
     title = " · ".join(str(part) for part in key)
     return Table(title, mean, std, n, caption, reasons=reasons, values=values, key=key)
 
 
+def _ensemble_rows(attempted: pd.DataFrame) -> set[tuple[str, str]]:
+    """(label, bits) of the rows whose records are ensembles (they list their member runs)."""
+    if "members" not in attempted:
+        return set()
+    is_ensemble = attempted["members"].map(lambda m: isinstance(m, list) and len(m) > 0)
+    return set(attempted.loc[is_ensemble, ["label", "bits"]].itertuples(index=False, name=None))
+
+
+def _expected_seeds(attempted: pd.DataFrame) -> dict[tuple[str, str], int]:
+    """The seeds each row should have: those attempted by any row of its kind (FP, or this bit width);
+    an ensemble is one run per test domain, its members being the seeds, so it expects its own."""
+    by_bits = attempted.groupby("bits")["seed"].nunique()
+    own = attempted.groupby(["label", "bits"])["seed"].nunique()
+    ensembles = _ensemble_rows(attempted)
+    return {row: int(own[row] if row in ensembles else by_bits[row[1]]) for row in own.index}
+
+
 def _reasons(
-    attempted: pd.DataFrame, selected: set[str], n: pd.DataFrame, expected: dict[str, int], domains: list[str]
+    attempted: pd.DataFrame,
+    selected: set[str],
+    n: pd.DataFrame,
+    expected: dict[tuple[str, str], int],
+    domains: list[str],
 ) -> pd.DataFrame:
     """Why each cell lacks seeds: "2/3 seeds", "failed: <reason>", "not run"; "" for a full cell.
     An Avg without a single complete seed names its incomplete domains and why."""
@@ -207,7 +233,7 @@ def _reasons(
     for label, bits in n.index:
         row = attempted[(attempted["label"] == label) & (attempted["bits"] == bits)]
         why = {d: _why(row[row["domain"] == d], selected) for d in domains}
-        want = expected.get(bits, 0)
+        want = expected.get((label, bits), 0)
         for header in n.columns.get_level_values(0).unique():
             for domain in domains:
                 got = int(n.loc[(label, bits), (header, domain)])
