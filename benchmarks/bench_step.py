@@ -1,11 +1,14 @@
 """Time per training step of every method relative to FP `erm`, same model and batch, one process.
 
     python benchmarks/bench_step.py [--models resnet20 resnet18] [--batch 128] [--steps 10]
-                                    [--methods ...] [--no-compile] [--sizes 64 96 128]
+                                    [--methods ...] [--no-compile | --compiled erm lsq ...] [--sizes 64 96 128]
 
 `--models efficientnet_lite0 --sizes 64` is the CPU-scale PACS suite's step (suites/pacs64_lite0.yaml:
 W4A4 with per-channel depthwise weights); several sizes are timed in the same round robin. Measured
 (batch 48, eager, load average 17 from other jobs): lsq 1.07x erm, 19.5 vs 18.1 s per step.
+`--methods lsq_sagm gaqat --compiled lsq_sagm gaqat --batch 96 --sizes 64 --steps 4`, one thread
+(OMP_NUM_THREADS=1), two PACS runs on the same 2 cores: compiled lsq_sagm 0.61x and gaqat 0.63x of
+their eager steps (4.27 vs 6.98, 4.41 vs 6.97 s), so suites/pacs64_lite0.yaml compiles.
 
 Targets (method-zoo issue): `lsq` W4A4 at most 1.5x an FP step (reached with torch.compile, which
 `training.compile` turns on for long runs); SAM-family methods near 2x their base (two passes;
@@ -80,7 +83,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="timed rounds (one step of each method per round)")
     parser.add_argument("--methods", nargs="+", default=["erm", *BASE], choices=["erm", *BASE])
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled erm and lsq (a minute each)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled methods (a minute each)")
+    parser.add_argument(
+        "--compiled", nargs="+", default=["erm", "lsq"], choices=["erm", *BASE], help="methods also timed compiled"
+    )
     parser.add_argument("--sizes", nargs="+", type=int, help="image sides, timed in one round robin")
     args = parser.parse_args()
     for model_name in args.models:
@@ -99,7 +105,7 @@ def time_sizes(model_name: str, args, spec: QuantSpec) -> dict[int, dict[str, fl
         batch = [(torch.randn(args.batch, *shape), torch.randint(0, 10, (args.batch,)))]
         fp_model = build_model(model_name, shape, 10)
         names = [*dict.fromkeys(["erm", *args.methods])]
-        compiled = [] if args.no_compile else ["erm", "lsq"]
+        compiled = [] if args.no_compile else args.compiled
         for name in names + [f"{n} compiled" for n in compiled]:
             method = build(name.removesuffix(" compiled"), fp_model, batch, spec, name.endswith("compiled"))
             methods[(size, name)] = method
@@ -118,6 +124,9 @@ def report(model_name: str, size: int, batch: int, seconds: dict[str, float]) ->
         base = BASE.get(name)
         versus = f"{s / seconds[base]:5.2f}x {base}" if base in seconds else ""
         print(f"{name:14s} {s:8.4f} {s / erm:6.2f}  {versus}")
+    for name in seconds:
+        if name.endswith(" compiled") and name.removesuffix(" compiled") in seconds:
+            print(f"{name:14s} {seconds[name] / seconds[name.removesuffix(' compiled')]:.2f}x of its eager step")
     if "lsq compiled" in seconds:
         print(
             f"lsq compiled / erm eager {seconds['lsq compiled'] / erm:.2f}x (target <= 1.5x); "
