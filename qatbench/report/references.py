@@ -223,7 +223,7 @@ def _our_delta(
         return text
     domains = [c for c in table.mean.columns if c[0] == column[0] and c[1] != AVG]  # a bound beside a bound
     gaps = table.mean.loc[(method, bits), domains] - table.mean.loc[(baseline, base_bits), domains]
-    return f"largest {gaps.max():+.1f} pp over {len(domains)} test domains, Avg {text}"
+    return f"largest {gaps.max():+.1f} pp over {len(domains)} test domain{'' if len(domains) == 1 else 's'}, Avg {text}"
 
 
 def _differences(shown: pd.DataFrame, model: str, runs: pd.DataFrame) -> list[str]:
