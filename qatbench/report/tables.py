@@ -180,10 +180,11 @@ def _table(attempted: pd.DataFrame, runs: pd.DataFrame, key: tuple, selection: S
         mean.loc[(label, bits), (header, domain)] = cell["value"].mean()
         std.loc[(label, bits), (header, domain)] = cell["value"].std(ddof=1)
         n.loc[(label, bits), (header, domain)] = len(cell)
-    expected = _expected_seeds(attempted)
+    ensemble_rows = _ensemble_rows(attempted)
+    expected = _expected_seeds(attempted, ensemble_rows)
     reasons = _reasons(attempted, set(runs["run_id"]) if len(runs) else set(), n, expected, domains)
     suite, dataset, model, bits = key
-    ensembles = sorted({label for label, _ in _ensemble_rows(attempted)})
+    ensembles = sorted({label for label, _ in ensemble_rows})
     seeds = sorted({want for row, want in expected.items() if row[0] not in ensembles} or set(expected.values()))
     only_fp = all(b == FP for _, b in index)
     caption = (
@@ -211,12 +212,11 @@ def _ensemble_rows(attempted: pd.DataFrame) -> set[tuple[str, str]]:
     return set(attempted.loc[is_ensemble, ["label", "bits"]].itertuples(index=False, name=None))
 
 
-def _expected_seeds(attempted: pd.DataFrame) -> dict[tuple[str, str], int]:
+def _expected_seeds(attempted: pd.DataFrame, ensembles: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
     """The seeds each row should have: those attempted by any row of its kind (FP, or this bit width);
     an ensemble is one run per test domain, its members being the seeds, so it expects its own."""
     by_bits = attempted.groupby("bits")["seed"].nunique()
     own = attempted.groupby(["label", "bits"])["seed"].nunique()
-    ensembles = _ensemble_rows(attempted)
     return {row: int(own[row] if row in ensembles else by_bits[row[1]]) for row in own.index}
 
 
