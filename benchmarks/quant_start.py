@@ -48,6 +48,9 @@ VARIANTS = {  # name -> changes to the suite's QuantSpec
     "W4A32 minmax per-channel": {"a_bits": 32, "quantizer": "minmax", "w_per_channel": True},
     "W4A32 minmax per-tensor": {"a_bits": 32, "quantizer": "minmax"},
     "minmax per-channel": {"quantizer": "minmax", "w_per_channel": True},
+    "W4A32 lsq step_init minmax per-channel": {"a_bits": 32, "w_per_channel": True, "step_init": "minmax"},
+    "step_init minmax per-channel": {"w_per_channel": True, "step_init": "minmax"},
+    "step_init minmax": {"step_init": "minmax"},
 }
 
 
@@ -81,14 +84,14 @@ def main() -> None:
         counts = [count_correct(model, splits[i].out_split, 256, device, dataset.eval_transform) for i in envs]
         return 100 * sum(c for c, _ in counts) / sum(n for _, n in counts)
 
-    print(f"{'spec':28s} {'I.D.':>6s} {'test':>6s}  (% on the out splits; parent {spec.parent.run_id})")
-    print(f"{'FP (baseline)':28s} {accuracy(float_model, train_envs):6.1f} {accuracy(float_model, spec.test_envs):6.1f}")
+    print(f"{'spec':40s} {'I.D.':>6s} {'test':>6s}  (% on the out splits; parent {spec.parent.run_id})")
+    print(f"{'FP (baseline)':40s} {accuracy(float_model, train_envs):6.1f} {accuracy(float_model, spec.test_envs):6.1f}")
     for name in args.variants:
         quant = dataclasses.replace(spec.quant, **VARIANTS[name])
         model = quantize_model(copy.deepcopy(float_model), quant)
         calibrate(model, calibration)
-        label = f"{name} (W{quant.w_bits}A{quant.a_bits})" if name in ("suite", "per-channel", "minmax per-channel") else name
-        print(f"{label:28s} {accuracy(model, train_envs):6.1f} {accuracy(model, spec.test_envs):6.1f}", flush=True)
+        label = f"{name} (W{quant.w_bits}A{quant.a_bits})" if name in ("suite", "per-channel", "minmax per-channel", "step_init minmax per-channel", "step_init minmax") else name
+        print(f"{label:40s} {accuracy(model, train_envs):6.1f} {accuracy(model, spec.test_envs):6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,50 @@ def test_a_init_one_via_quantize_model_gives_unit_activation_steps_only():
     assert all(layer.w_quant.step.item() != 1.0 for layer in layers)  # weights keep LSQ's init
 
 
+def test_a_step_carried_below_zero_quantizes_on_its_magnitude():
+    # s = -0.3 quantizes like s = 0.3 (LSQ leaves s unconstrained; a negative s would clip every
+    # unsigned input to 0 and every signed one to an end of the range), and its gradient flips sign
+    x = torch.tensor([0.1, 0.5, 2.0, 9.0])
+    grads = []
+    for value in (0.3, -0.3):
+        quantizer = LsqQuantizer(4, "activation", signed=False)
+        quantizer(x)  # initialises from x, then set the step by hand
+        quantizer.step.data.fill_(value)
+        out = quantizer(x)
+        torch.testing.assert_close(out, torch.tensor([0.0, 0.6, 2.1, 4.5]))  # levels 0..15 of 0.3
+        out.sum().backward()
+        grads.append(quantizer.step.grad.item())
+    assert grads[0] == pytest.approx(-grads[1]) and grads[0] != 0
+
+
+def test_step_init_minmax_starts_at_the_range_and_clips_nothing():
+    # per channel, 4 bits signed (Q_P = 7): channel 0 max|w| = 2.1 -> s = 0.3; channel 1 max|w| = 0.7 -> 0.1
+    weight = torch.tensor([[-2.1, 0.4, 1.0, -0.05], [0.7, -0.3, 0.16, 0.0]])
+    quantizer = LsqQuantizer(4, "weight", per_channel=True, channels=2, init="minmax")
+    out = quantizer(weight)
+    torch.testing.assert_close(quantizer.step.detach(), torch.tensor([0.3, 0.1]))
+    torch.testing.assert_close(out, torch.tensor([[-2.1, 0.3, 0.9, 0.0], [0.7, -0.3, 0.2, 0.0]]))
+    # one outlier among 15 small weights: LSQ's start, 2 mean|w| / sqrt(7) = 2 (2.1 + 15 * 0.05) / 16 /
+    # sqrt(7) = 0.13465, clips -2.1 to -8 s = -1.0772; min/max's (s = 0.3) keeps it
+    outlier = torch.tensor([-2.1] + [0.05] * 15)
+    torch.testing.assert_close(LsqQuantizer(4, "weight")(outlier)[0], torch.tensor(-1.0772), atol=1e-4, rtol=0)
+    torch.testing.assert_close(LsqQuantizer(4, "weight", init="minmax")(outlier)[0], torch.tensor(-2.1))
+
+
+def test_step_init_minmax_via_quantize_model_sets_weights_and_activations_from_their_maxima():
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 28, 28)
+    model = calibrate(quantize_model(small_cnn(), QuantSpec(4, 4, step_init="minmax")), x)
+    stem = model.get_submodule(STEM)  # 8-bit weights and inputs: Q_P = 127 for signed levels
+    torch.testing.assert_close(stem.w_quant.step.detach(), stem.weight.detach().abs().max() / 127)
+    torch.testing.assert_close(stem.a_quant.step.detach(), x.abs().max() / 127)
+    middle = model.get_submodule(MIDDLE[0])  # 4-bit weights (Q_P 7), unsigned 4-bit inputs after a ReLU (15)
+    torch.testing.assert_close(middle.w_quant.step.detach(), middle.weight.detach().abs().max() / 7)
+    assert middle.a_quant.signed is False and middle.a_quant.init_mode == "minmax"
+    fork = calibrate(quantize_model(small_cnn(), QuantSpec(4, 4, step_init="minmax", a_init="one")), x)
+    assert fork.get_submodule(MIDDLE[0]).a_quant.step.item() == 1.0  # a_init "one" keeps the fork's activations
+
+
 # ==================================================================================================
 # 3. LsqQuantizer symmetric=False (weights with a zero point)
 # ==================================================================================================
@@ -486,6 +530,8 @@ def test_dorefa_signed_activation_values():
         ({"quantizer": "lsq_plus", "a_init": "one"}, "a_init applies to the lsq quantizer only, not 'lsq_plus'"),
         ({"grad_scale": "bogus"}, "grad_scale must be one of"),
         ({"a_init": "zero"}, "a_init must be one of"),
+        ({"step_init": "mse"}, "step_init must be one of"),
+        ({"quantizer": "pact", "step_init": "minmax"}, "step_init applies to the lsq quantizer only, not 'pact'"),
         ({"quantizer": "apot"}, "quantizer must be one of"),
     ],
 )
@@ -516,7 +562,7 @@ def _run(quant: QuantSpec) -> RunSpec:
 
 def test_identity_omits_new_fields_at_their_defaults():
     assert QuantSpec(4, 4).identity() == FIRST_RELEASE_IDENTITY
-    explicit = QuantSpec(4, 4, w_symmetric=True, grad_scale="layer", a_init="batch")
+    explicit = QuantSpec(4, 4, w_symmetric=True, grad_scale="layer", a_init="batch", step_init="lsq")
     assert explicit.identity() == FIRST_RELEASE_IDENTITY
     # the pinned id of tests/test_config.py: runs finished before the new switches keep their folders
     assert _run(explicit).run_id == _run(QuantSpec(4, 4)).run_id == "3fcbc6e8154c83eb"
@@ -524,7 +570,9 @@ def test_identity_omits_new_fields_at_their_defaults():
     assert QuantSpec(4, 4, quantizer="pact").identity() == {**FIRST_RELEASE_IDENTITY, "quantizer": "pact"}
 
 
-@pytest.mark.parametrize("change", [{"w_symmetric": False}, {"grad_scale": "tensor"}, {"a_init": "one"}])
+@pytest.mark.parametrize(
+    "change", [{"w_symmetric": False}, {"grad_scale": "tensor"}, {"a_init": "one"}, {"step_init": "minmax"}]
+)
 def test_identity_includes_a_new_field_only_when_changed(change):
     spec = QuantSpec(4, 4, **change)
     assert spec.identity() == {**FIRST_RELEASE_IDENTITY, **change}
@@ -538,6 +586,7 @@ def test_run_ids_of_the_switches_are_all_distinct():
         QuantSpec(4, 4, grad_scale="tensor"),
         QuantSpec(4, 4, a_init="one"),
         QuantSpec(4, 4, grad_scale="tensor", a_init="one"),
+        QuantSpec(4, 4, step_init="minmax"),
         QuantSpec(4, 4, quantizer="lsq_plus"),
         QuantSpec(4, 4, quantizer="pact"),
         QuantSpec(4, 4, quantizer="dorefa"),
@@ -673,6 +722,7 @@ def test_bad_quant_combination_from_set_blames_the_override(capsys, tmp_path):
         ),
         ("  - name: lsq\n    quant: {grad_scale: bogus}\n", "methods[1].quant.grad_scale: Input should be 'layer' or"),
         ("  - name: lsq\n    quant: {quantizer: apot}\n", "methods[1].quant.quantizer: Input should be 'lsq', "),
+        ("  - name: lsq\n    quant: {step_init: mse}\n", "methods[1].quant.step_init: Input should be 'lsq' or 'minmax'"),
     ],
 )
 def test_bad_quant_override_key_or_value_is_one_line(capsys, tmp_path, entry, expected):
@@ -695,6 +745,17 @@ def test_method_quant_overrides_reach_the_run_specs(tmp_path):
     assert by_label["lsq-fork"] == QuantSpec(4, 4, w_per_channel=True, grad_scale="tensor", a_init="one")
     assert by_label["lsq-plus"] == QuantSpec(4, 4, quantizer="lsq_plus", w_per_channel=True)
     assert len({spec.run_id for spec in specs}) == len(specs)
+
+
+def test_suite_step_init_reaches_lsq_entries_and_leaves_ptq_observers_alone(tmp_path):
+    from qatbench.runner import api
+
+    entries = "  - name: lsq\n  - name: lsq\n    label: lsq-init\n    quant: {step_init: lsq}\n  - name: ptq\n"
+    specs = api.expand(api.load_suite(_suite(tmp_path, entries, "quant: {step_init: minmax}\n")))
+    by_label = {spec.label: spec.quant for spec in specs if spec.quant is not None}
+    assert by_label["lsq"] == QuantSpec(4, 4, step_init="minmax")
+    assert by_label["lsq-init"] == QuantSpec(4, 4)  # the entry's own quant wins: LSQ's start, LSQ's run id
+    assert by_label["ptq"] == QuantSpec(4, 4, quantizer="minmax")  # observers have no learned start
 
 
 def test_entry_restating_the_suite_quant_is_a_duplicate(capsys, tmp_path):

@@ -27,6 +27,7 @@ OBSERVERS = ("minmax", "percentile")  # post-training quantizers: ranges observe
 FIRST_RELEASE = ("w_bits", "a_bits", "quantizer", "w_per_channel", "first_last")  # always in run ids
 GRAD_COUNTS = ("layer", "tensor")
 A_INITS = ("batch", "one")
+STEP_INITS = ("lsq", "minmax")
 DEFAULT_PERCENTILE = 99.99
 # switches that only some quantizers have: (their default, the quantizers that have them)
 SWITCHES = {
@@ -34,6 +35,7 @@ SWITCHES = {
     "a_symmetric": (True, ("lsq",)),
     "grad_scale": ("layer", ("lsq",)),
     "a_init": ("batch", ("lsq",)),
+    "step_init": ("lsq", ("lsq",)),
     "percentile": (DEFAULT_PERCENTILE, ("percentile",)),
 }
 MIN_BITS, MAX_BITS = 2, 8
@@ -66,6 +68,13 @@ class QuantSpec:
     a_symmetric: bool = True  # LSQ: levels from 0 (or signed); False: zero point, min/max start (FPQ Eqs. 3-6)
     grad_scale: str = "layer"  # LSQ: N = weights / features per sample; "tensor": numel incl. batch (lsq-net fork)
     a_init: str = "batch"  # LSQ: 2 mean|x| / sqrt(Q_P) on the first batch; "one": 1.0 (lsq-net fork)
+    # where every learned step starts (a_init "one" still sets activations to 1.0): LSQ's 2 mean|v| /
+    # sqrt(Q_P), or "minmax", max|v| / Q_P, the range of the weights (per channel when they are) and of
+    # the first batch's activations, so that no value is clipped at the start: the min/max range
+    # setting of PTQ (Nagel et al. 2021, arXiv:2106.08295, Sec. 3.1; MQBench's, which FPQ calibrates
+    # with). At 4 bits LSQ's start clips the outlier weights and activations of an EfficientNet-Lite0
+    # and starts it at chance; min/max keeps half its accuracy (benchmarks/quant_start.py).
+    step_init: str = "lsq"
     calib_images: int = 0  # 0: ranges from a training minibatch per domain; N: N seeded unaugmented images (FPQ: 100)
     percentile: float = DEFAULT_PERCENTILE  # `percentile` observer: activation range [100 - p, p] percentiles
     # depthwise convs (MobileNet, EfficientNet): one weight step per channel even when w_per_channel
@@ -89,7 +98,7 @@ class QuantSpec:
             raise ValueError(f"layers must be one of {LAYER_POLICIES}, got {self.layers!r}")
         if self.first_last not in FIRST_LAST_CHOICES:
             raise ValueError(f"first_last must be one of {FIRST_LAST_CHOICES}, got {self.first_last!r}")
-        for name, allowed in (("quantizer", QUANTIZERS), ("grad_scale", GRAD_COUNTS), ("a_init", A_INITS)):
+        for name, allowed in (("quantizer", QUANTIZERS), ("grad_scale", GRAD_COUNTS), ("a_init", A_INITS), ("step_init", STEP_INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not (isinstance(self.calib_images, int) and self.calib_images >= 0):

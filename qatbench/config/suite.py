@@ -29,6 +29,7 @@ from qatbench.config.spec import (
     MAX_BITS,
     MIN_BITS,
     QUANTIZERS,
+    STEP_INITS,
     parse_bits,
 )
 from qatbench.errors import UserError, allowed_list, did_you_mean, excerpt
@@ -80,6 +81,7 @@ class QuantOverrides(_Strict):
     a_symmetric: bool | None = None
     grad_scale: Literal[GRAD_COUNTS] | None = None  # type: ignore[valid-type]
     a_init: Literal[A_INITS] | None = None  # type: ignore[valid-type]
+    step_init: Literal[STEP_INITS] | None = None  # type: ignore[valid-type]
     calib_images: int | None = Field(default=None, ge=0)
     percentile: float | None = Field(default=None, gt=50, le=100)
     depthwise_per_channel: bool | None = None
@@ -178,6 +180,7 @@ class QuantConfig(_Strict):
     a_symmetric: bool = True  # False: asymmetric activations, zero point from min/max (lsq; FPQ)
     grad_scale: Literal[GRAD_COUNTS] = "layer"  # type: ignore[valid-type]
     a_init: Literal[A_INITS] = "batch"  # type: ignore[valid-type]
+    step_init: Literal[STEP_INITS] = "lsq"  # type: ignore[valid-type]  # "minmax": steps start at max|v| / Q_P
     calib_images: int = Field(default=0, ge=0)  # 0: one training minibatch per domain; N: N unaugmented images
     percentile: float = Field(default=DEFAULT_PERCENTILE, gt=50, le=100)  # the `percentile` observer's p
     depthwise_per_channel: bool = False  # depthwise convs: one weight step per channel (QuantSpec)

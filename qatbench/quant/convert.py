@@ -86,9 +86,9 @@ def _quantizer_pair(
     if spec.quantizer == "lsq":
         w_quant = LsqQuantizer(
             w_bits, "weight", per_channel=per_channel, channels=channels,
-            grad_count=spec.grad_scale, symmetric=spec.w_symmetric,
+            grad_count=spec.grad_scale, init=spec.step_init, symmetric=spec.w_symmetric,
         )  # fmt: skip
-        a_init = "lsq" if spec.a_init == "batch" else "one"
+        a_init = spec.step_init if spec.a_init == "batch" else "one"
         a_quant = LsqQuantizer(
             a_bits, "activation", grad_count=spec.grad_scale, init=a_init, symmetric=spec.a_symmetric
         )

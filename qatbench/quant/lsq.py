@@ -8,6 +8,13 @@ Esser, McKinley, Bablani, Appuswamy, Modha, "Learned Step Size Quantization", IC
 3. dv_hat/ds = round(v/s) - v/s inside the range, -Q_N / Q_P outside it         (Eq. 3)
 4. the loss gradient reaching s is scaled by g = 1 / sqrt(N * Q_P)              (Sec. 2.2)
 5. s starts at 2 * mean(|v|) / sqrt(Q_P)                                         (Sec. 2.1)
+   (or, `init="minmax"`, at max|v| / Q_P: the range of v, nothing clipped; see QuantSpec.step_init)
+6. the grid is |s|: the paper leaves s unconstrained, and an update that carries it across zero
+   (SGD's momentum, or Adam's steps of about lr whatever the gradient, on a small s) puts every
+   value at one end of the range and kills the layer. Seen here: the classifier's input step at
+   -0.049 after 150 SGD steps of lsq from an erm run (PACS-64, EfficientNet-Lite0), whose logits
+   no longer depended on the image; known to LSQ users (ZouJiu1/LSQplus#12, OpenPPL/ppq#518,
+   whose fix is |s|). Where s stays positive, as in the paper, nothing changes.
 
 The straight-through estimator is written as `x + (round(x) - x).detach()` and the gradient
 scale as `(s - s*g).detach() + s*g`, never as a custom autograd.Function: that keeps double
@@ -26,7 +33,7 @@ from torch import nn
 from qatbench.quant.base import FakeQuantizer, Kind
 
 GradCount = Literal["layer", "tensor"]
-StepInit = Literal["lsq", "one"]
+StepInit = Literal["lsq", "one", "minmax"]
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -42,8 +49,8 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
 def lsq_quantize(
     v: torch.Tensor, step: torch.Tensor, q_n: float | torch.Tensor, q_p: float | torch.Tensor, g: float
 ) -> torch.Tensor:
-    """Fake-quantize `v` with step size `step` (broadcastable to v) onto {-q_n, ..., q_p} * step."""
-    step = grad_scale(step, g)
+    """Fake-quantize `v` with step size `step` (broadcastable to v) onto {-q_n, ..., q_p} * |step|."""
+    step = grad_scale(step, g).abs().clamp_min(torch.finfo(v.dtype).tiny)
     v_bar = round_ste(torch.clamp(v / step, -q_n, q_p))
     return v_bar * step
 
@@ -68,8 +75,9 @@ class LsqQuantizer(FakeQuantizer):
     - `grad_count`: N of the gradient scale is the layer's weights / features per sample
       ("layer", LSQ Sec. 2.2) or every element of the tensor, batch included ("tensor", the
       lsq-net fork the FQAT/GAQAT authors used);
-    - `init`: the step starts at 2 mean|v| / sqrt(Q_P) ("lsq") or at 1.0 ("one", the fork's
-      activations);
+    - `init`: the step starts at 2 mean|v| / sqrt(Q_P) ("lsq"), at 1.0 ("one", the fork's
+      activations), or at max|v| / Q_P ("minmax": the range of the tensor, of each channel for
+      per-channel weights, so that the start clips nothing; PTQ's min/max range setting);
     - `symmetric=False`: unsigned levels {0..2^b-1} around a zero point fixed at
       initialisation from the min/max (s = (max - min) / (2^b - 1), z = round(-min / s)), so
       the range need not be centred on zero (FPQ's asymmetric weights via MQBench, and its
@@ -132,6 +140,8 @@ class LsqQuantizer(FakeQuantizer):
             self.zero_point.copy_(torch.round(-low / step).clamp(0, top).reshape(self.zero_point.shape))
         elif self.init_mode == "one":
             step = torch.ones_like(flat[:, 0])
+        elif self.init_mode == "minmax":  # unsigned inputs have no negative value: max(x) / (2^b - 1)
+            step = flat.abs().amax(dim=1) / self.q_p
         else:
             step = 2 * flat.abs().mean(dim=1) / math.sqrt(self.q_p)
         step = step.clamp_min(torch.finfo(step.dtype).tiny).reshape(self.step.shape)
