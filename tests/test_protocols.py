@@ -212,8 +212,10 @@ def test_the_pacs_grid_is_the_issue_s_grid():
     cells = {}
     for s in specs:
         cells.setdefault((s.label, s.bits_label, s.protocol.name), set()).add((s.test_envs, s.seed))
-    pretrained = {(m, b, "from_pretrained") for m in ("lsq", "lsq_sagm", "gaqat", "fqat") for b in ("W4A4", "W3A3")}
-    from_fp = {(m, "W4A4", "from_fp_run") for m in ("fpq", "kd", "cr", "mec", "lsq_from_fp")}
+    # CPU scale: the quantized entries fine-tune the erm run; GAQAT's protocol is the lsq_from_pretrained row
+    from_fp = {(m, b, "from_fp_run") for m in ("lsq", "lsq_sagm", "gaqat", "fqat") for b in ("W4A4", "W3A3")}
+    from_fp |= {(m, "W4A4", "from_fp_run") for m in ("fpq", "kd", "cr", "mec")}
+    pretrained = {("lsq_from_pretrained", "W4A4", "from_pretrained")}
     post = {(m, b, "from_fp_run") for m in ("ptq", "dnq") for b in ("W4A4", "W3A3")}
     trained = {("erm", "FP", "from_fp_run"), ("sagm", "FP", "from_fp_run"), ("lsq_switch_at_200", "W4A4", "switch_at")}
     trained |= {("qtdog", "W7A32", "switch_at"), ("qtdog_w4", "W4A32", "switch_at")}
@@ -224,5 +226,10 @@ def test_the_pacs_grid_is_the_issue_s_grid():
         assert runs == {((d,), seed) for d in range(4) for seed in seeds}, key
     assert len(specs) == 272 and {s.quant.depthwise_per_channel for s in specs if s.quant} == {True}
     by_label = {s.label: s for s in specs if s.seed == 0 and s.test_envs == (3,)}
-    assert by_label["lsq_from_fp"].parent.run_id == by_label["erm"].run_id and by_label["lsq"].parent is None
+    assert by_label["lsq"].parent.run_id == by_label["erm"].run_id and by_label["lsq_from_pretrained"].parent is None
+    assert by_label["fpq"].parent.run_id == by_label["erm"].run_id
+    # per-channel weights starting at their range, but qtdog's committed W7A32 runs keep LSQ's start
+    assert by_label["lsq"].quant.w_per_channel and by_label["lsq"].quant.step_init == "minmax"
+    assert by_label["qtdog"].quant.step_init == "lsq" and by_label["qtdog_w4"].quant.step_init == "minmax"
+    assert by_label["ptq"].quant.quantizer == "minmax" and by_label["ptq"].quant.step_init == "lsq"
     assert by_label["qtdog"].protocol.switch_at == 240 and by_label["lsq_switch_at_200"].protocol.switch_at == 200
