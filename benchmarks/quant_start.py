@@ -15,10 +15,10 @@ Measured 2026-12-03 (pacs64_lite0, erm seed 0, sketch held out; one thread; I.D.
 FP 76.2 / 45.1; the suite's W4A4 (LSQ init; per-tensor weights, per-channel depthwise) 17.5 / 16.9;
 W4A32 16.7 / 20.1; W8A4 42.5 / 28.4; W8A8 67.5 / 31.5; W6A32 63.2 / 29.9; W4A4 LSQ per-channel
 17.0 / 24.3; W4A32 LSQ+ 25.4 / 31.3; W4A32 min/max per-channel 45.7 / 43.7 (per-tensor 9.0 / 18.9);
-W4A4 min/max per-channel 37.3 / 45.9; LSQ with `step_init: minmax` and per-channel weights (the suite's
-since) 38.2 / 38.7 at W4A4 and 45.7 / 43.7 at W4A32, per tensor 8.9 / 15.5. So 4-bit weights under LSQ's initialisation start the
-EfficientNet-Lite0 at chance (7 classes), where per-channel min/max ranges keep about half of its
-accuracy.
+W4A4 min/max per-channel 37.3 / 45.9; LSQ with `step_init: minmax` and per-channel weights (the
+suite's since) 38.2 / 38.7 at W4A4 and 45.7 / 43.7 at W4A32, per tensor 8.9 / 15.5 at W4A4. So
+4-bit weights under LSQ's initialisation start the EfficientNet-Lite0 at chance (7 classes), where
+per-channel min/max ranges keep about half of its accuracy.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
         quant = dataclasses.replace(spec.quant, **VARIANTS[name])
         model = quantize_model(copy.deepcopy(float_model), quant)
         calibrate(model, calibration)
-        label = f"{name} (W{quant.w_bits}A{quant.a_bits})" if name in ("suite", "per-channel", "minmax per-channel", "step_init minmax per-channel", "step_init minmax") else name
+        label = name if name.startswith("W") else f"{name} ({quant.label})"  # every name not naming its bits
         print(f"{label:40s} {accuracy(model, train_envs):6.1f} {accuracy(model, spec.test_envs):6.1f}", flush=True)
 
 

@@ -98,7 +98,8 @@ class QuantSpec:
             raise ValueError(f"layers must be one of {LAYER_POLICIES}, got {self.layers!r}")
         if self.first_last not in FIRST_LAST_CHOICES:
             raise ValueError(f"first_last must be one of {FIRST_LAST_CHOICES}, got {self.first_last!r}")
-        for name, allowed in (("quantizer", QUANTIZERS), ("grad_scale", GRAD_COUNTS), ("a_init", A_INITS), ("step_init", STEP_INITS)):
+        choices = (("quantizer", QUANTIZERS), ("grad_scale", GRAD_COUNTS), ("a_init", A_INITS), ("step_init", STEP_INITS))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not (isinstance(self.calib_images, int) and self.calib_images >= 0):

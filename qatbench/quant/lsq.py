@@ -46,11 +46,16 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - x * scale).detach() + x * scale
 
 
+def step_magnitude(step: torch.Tensor, g: float, dtype: torch.dtype) -> torch.Tensor:
+    """|s| with LSQ's gradient scale g, never 0: the grid a learned step size stands for (point 6)."""
+    return grad_scale(step, g).abs().clamp_min(torch.finfo(dtype).tiny)
+
+
 def lsq_quantize(
     v: torch.Tensor, step: torch.Tensor, q_n: float | torch.Tensor, q_p: float | torch.Tensor, g: float
 ) -> torch.Tensor:
     """Fake-quantize `v` with step size `step` (broadcastable to v) onto {-q_n, ..., q_p} * |step|."""
-    step = grad_scale(step, g).abs().clamp_min(torch.finfo(v.dtype).tiny)
+    step = step_magnitude(step, g, v.dtype)
     v_bar = round_ste(torch.clamp(v / step, -q_n, q_p))
     return v_bar * step
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from qatbench.quant.base import FakeQuantizer, Kind
-from qatbench.quant.lsq import grad_scale, levels, lsq_quantize, round_ste
+from qatbench.quant.lsq import grad_scale, levels, lsq_quantize, round_ste, step_magnitude
 
 
 class LsqPlusQuantizer(FakeQuantizer):
@@ -62,7 +62,7 @@ class LsqPlusQuantizer(FakeQuantizer):
             step = self.step.view(-1, *[1] * (x.dim() - 1)) if self.per_channel else self.step
             return lsq_quantize(x, step, self.q_n, self.q_p, 1.0 / math.sqrt(x.numel() * self.q_p))
         g = 1.0 / math.sqrt(x[0].numel() * self.q_p)
-        step, offset = grad_scale(self.step, g).abs().clamp_min(torch.finfo(x.dtype).tiny), grad_scale(self.offset, g)
+        step, offset = step_magnitude(self.step, g, x.dtype), grad_scale(self.offset, g)
         return round_ste(torch.clamp((x - offset) / step, -self.q_n, self.q_p)) * step + offset
 
     def extra_repr(self) -> str:
