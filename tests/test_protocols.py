@@ -132,7 +132,8 @@ methods: [{methods}]
 @pytest.mark.parametrize(
     "methods, extra, message",
     [
-        ("{name: erm, protocol: from_pretrained}", "", "methods[0].protocol: method 'erm' quantizes nothing"),
+        ("{name: erm, protocol: from_pretrained}", "", "methods[0].protocol: method 'erm' trains in full precision"),
+        ("erm, {name: sagm, protocol: {switch_at: 5}}", "", "its only `protocol` is 'from_fp_run'"),
         ("erm, {name: kd, protocol: {switch_at: 5}}", "", "methods[1].protocol: method 'kd' (methods[1]) trains"),
         ("erm, kd", "protocol: from_pretrained\n", "protocol: method 'kd' (methods[1]) trains under the protocols"),
         ("erm, {name: lsq, protocol: {switch_at: 10}}", "", "switch_at 10 leaves no quantized steps"),
@@ -158,10 +159,50 @@ def test_a_protocol_on_a_full_precision_method_fails_in_a_fresh_cli_process(tmp_
     done = run_cli("run", str(suite), "--results", str(results))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"qatbench: error: {suite}: methods[0].protocol: method 'erm' quantizes nothing while it trains; "
-        "`protocol` applies to QAT methods"
+        f"qatbench: error: {suite}: methods[0].protocol: method 'erm' trains in full precision, from the model "
+        "as built; its only `protocol` is 'from_fp_run' (train on from the finished parent run), got {'switch_at': 5}"
     ]
     assert not results.exists()
+
+
+CONTINUED = SUITE.replace(
+    "  - {name: lsq, protocol: {switch_at: 3}}",
+    "  - {name: lsq}\n  - {name: erm, label: erm_continued, protocol: from_fp_run, hparams: {optimizer: sgd, lr: 0.001}}",
+)
+
+
+def test_a_full_precision_entry_with_from_fp_run_trains_on_from_the_finished_parent(tmp_path):
+    """The control of the quantized cells' extra training: the erm run's final weights, trained on in
+    full precision with the entry's own optimiser, a run of its own next to the parent."""
+    results = tmp_path / "results"
+    records = {r["label"]: r for r in api.run(api.load_suite(write_suite(tmp_path, CONTINUED)), results, progress=False).records}
+    assert {r["status"] for r in records.values()} == {"done"}, records
+    erm, continued, lsq = records["erm"], records["erm_continued"], records["lsq"]
+    assert continued["parent_run_id"] == lsq["parent_run_id"] == erm["run_id"] and erm["parent_run_id"] is None
+    assert continued["bits"] == "FP" and continued["effective_hparams.optimizer"] == "sgd"
+    parent = torch.load(results / "proto" / erm["run_id"] / store.MODEL, weights_only=True)
+    start = build_model("small_cnn", (1, 28, 28), 10, {"width": 4})
+    start.load_state_dict(parent)
+    trained = torch.load(results / "proto" / continued["run_id"] / store.MODEL, weights_only=True)
+    torch.manual_seed(0)  # the init the parent run started from (its seed)
+    init = dict(build_model("small_cnn", (1, 28, 28), 10, {"width": 4}).named_parameters())
+    from_parent = max((trained[k] - v).abs().max().item() for k, v in start.named_parameters())
+    from_init = max((trained[k] - v).abs().max().item() for k, v in init.items())
+    # SGD lr 0.001 for 6 steps moves the parent's weights a little; the parent's Adam lr 0.01 moved its init more
+    assert 0 < from_parent < from_init / 10, (from_parent, from_init)
+
+
+def test_the_parent_is_the_plain_entry_whatever_the_order_and_never_fine_tunes_itself(tmp_path):
+    text = CONTINUED.replace("  - {name: erm, hparams: {lr: 0.01}}\n", "") + "parent: {name: erm, hparams: {lr: 0.01}}\n"
+    specs = {s.label: s for s in api.expand(api.load_suite(write_suite(tmp_path, text)))}
+    assert specs["erm_continued"].parent.run_id == specs["lsq"].parent.run_id
+    assert specs["erm_continued"].parent.hparams["lr"] == 0.01 and specs["erm_continued"].parent.parent is None
+    first = CONTINUED.replace(
+        "  - {name: erm, hparams: {lr: 0.01}}\n", ""
+    ).replace("  - {name: lsq}\n", "  - {name: lsq}\n  - {name: erm, hparams: {lr: 0.01}}\n")
+    specs = {s.label: s for s in api.expand(api.load_suite(write_suite(tmp_path, first)))}
+    assert specs["erm_continued"].parent.run_id == specs["erm"].run_id == specs["lsq"].parent.run_id
+    assert specs["erm_continued"].run_id != specs["erm"].run_id
 
 
 class Killed(Exception):
@@ -218,16 +259,18 @@ def test_the_pacs_grid_is_the_issue_s_grid():
     pretrained = {("lsq_from_pretrained", "W4A4", "from_pretrained")}
     post = {(m, b, "from_fp_run") for m in ("ptq", "dnq") for b in ("W4A4", "W3A3")}
     trained = {("erm", "FP", "from_fp_run"), ("sagm", "FP", "from_fp_run"), ("lsq_switch_at_200", "W4A4", "switch_at")}
+    trained.add(("erm_continued", "FP", "from_fp_run"))  # the control of the quantized cells' extra steps
     trained |= {("qtdog", "W7A32", "switch_at"), ("qtdog_w4", "W4A32", "switch_at")}
     ensembles = {("erm_ensemble", "FP", "from_fp_run"), ("eoq", "W7A32", "from_fp_run")}
     assert set(cells) == pretrained | from_fp | post | trained | ensembles
     for key, runs in cells.items():
         seeds = {0} if key in ensembles else {0, 1, 2}  # an ensemble is one run over the seeds
         assert runs == {((d,), seed) for d in range(4) for seed in seeds}, key
-    assert len(specs) == 272 and {s.quant.depthwise_per_channel for s in specs if s.quant} == {True}
+    assert len(specs) == 284 and {s.quant.depthwise_per_channel for s in specs if s.quant} == {True}
     by_label = {s.label: s for s in specs if s.seed == 0 and s.test_envs == (3,)}
     assert by_label["lsq"].parent.run_id == by_label["erm"].run_id and by_label["lsq_from_pretrained"].parent is None
-    assert by_label["fpq"].parent.run_id == by_label["erm"].run_id
+    assert by_label["fpq"].parent.run_id == by_label["erm"].run_id == by_label["erm_continued"].parent.run_id
+    assert by_label["erm_continued"].hparams == {**by_label["lsq"].hparams, "weight_decay": 1.0e-4}  # lsq's, resolved
     # per-channel weights starting at their range, but qtdog's committed W7A32 runs keep LSQ's start
     assert by_label["lsq"].quant.w_per_channel and by_label["lsq"].quant.step_init == "minmax"
     assert by_label["qtdog"].quant.step_init == "lsq" and by_label["qtdog_w4"].quant.step_init == "minmax"

@@ -76,7 +76,8 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
             )
         protocol = _check_protocol(suite, entry, catalog, lambda loc, i=i: blame(["methods", i, *loc]), blame, i)
         widths = entry_bits(suite, entry) if kind in ("qat", "ptq") else None
-        same = repr((entry.name, sorted(hparams.items()), entry.steps, quant, protocol, widths))
+        parent = fine_tunes_parent(entry, catalog)
+        same = repr((entry.name, sorted(hparams.items()), entry.steps, quant, protocol, widths, parent))
         if same in runs:
             raise UserError(
                 f"{blame(['methods', i])}: runs exactly what methods[{runs[same]}] runs; "
@@ -94,6 +95,8 @@ def check_suite(suite: Suite, catalog: Catalog, blame: Blame) -> None:
         _check_method(suite.parent, catalog, blame, ["parent"])
         if suite.parent.quant.model_dump(exclude_none=True):
             raise UserError(f"{blame(['parent', 'quant'])}: the parent trains in full precision; it takes no `quant`")
+        if suite.parent.protocol is not None:
+            raise UserError(f"{blame(['parent', 'protocol'])}: the parent trains from the model as built; drop `protocol`")
         if catalog.method_kind(suite.parent.name) != "fp":
             raise UserError(
                 f"{blame(['parent', 'name'])}: the parent of QAT runs must be a full-precision method, "
@@ -199,6 +202,8 @@ def _check_protocol(
             f"{blame_entry(['protocol'])}: method '{entry.name}' switches quantization on at its hparam "
             f"`{switch_hparam}`; set hparams.{switch_hparam} instead of `protocol`"
         )
+    if catalog.method_kind(entry.name) == "fp" and entry.protocol is not None:
+        return _check_fp_protocol(entry, blame_entry)
     name, switch_at = entry_protocol(suite, entry, catalog)
     own = entry.protocol is not None or switch_hparam is not None
     where = blame_entry(["hparams", switch_hparam] if switch_hparam else ["protocol"]) if own else blame(["protocol"])
@@ -220,6 +225,27 @@ def _check_protocol(
             f"steps (methods[{index}]); it must be below the run's steps"
         )
     return name, switch_at
+
+
+def fine_tunes_parent(entry: MethodEntry, catalog: Catalog) -> bool:
+    """A full-precision entry with `protocol: from_fp_run` trains on from the finished parent run of its
+    seed, in full precision: the control for the extra training of the quantized cells that fine-tune
+    that run (their numbers minus this one's are what quantization did, not the further steps)."""
+    return catalog.method_kind(entry.name) == "fp" and entry.protocol is not None
+
+
+def _check_fp_protocol(entry: MethodEntry, blame_entry: Blame) -> tuple[str, int]:
+    """A full-precision entry trains from the model as built unless it says `protocol: from_fp_run`."""
+    try:
+        name, switch_at = parse_protocol(entry.protocol)
+    except ValueError:
+        name, switch_at = "", 0
+    if name != FROM_FP_RUN:
+        raise UserError(
+            f"{blame_entry(['protocol'])}: method '{entry.name}' trains in full precision, from the model as built; "
+            f"its only `protocol` is 'from_fp_run' (train on from the finished parent run), got {entry.protocol!r}"
+        )
+    return FROM_FP_RUN, switch_at
 
 
 def _protocol(name: str, switch_at: int, fp_parent: RunSpec) -> Protocol:
@@ -363,7 +389,9 @@ def parent_entry(suite: Suite) -> MethodEntry:
     if suite.parent is not None and (suite.parent.hparams or suite.parent.steps is not None):
         return suite.parent
     # `parent: erm` (or nothing) means the suite's own erm entry, hparams and all, when it has one
-    return next((m for m in suite.methods if m.name == named), suite.parent or MethodEntry(name="erm"))
+    # (an entry with its own `protocol` fine-tunes that parent: it is never the parent itself)
+    own = (m for m in suite.methods if m.name == named and m.protocol is None)
+    return next(own, suite.parent or MethodEntry(name="erm"))
 
 
 def entry_bits(suite: Suite, entry: MethodEntry) -> list[str]:
@@ -427,7 +455,8 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                             specs += _checkpoint_spec(suite, method, catalog, common, seed)
                             continue
                         if catalog.method_kind(method.name) == "fp":
-                            specs.append(_spec(method, catalog, common, steps, quant=None, parent=None))
+                            run_parent = fp_parent if fine_tunes_parent(method, catalog) else None
+                            specs.append(_spec(method, catalog, common, steps, quant=None, parent=run_parent))
                             continue
                         method_steps = steps if catalog.method_trains(method.name) else 0
                         protocol = _protocol(*entry_protocol(suite, method, catalog), fp_parent)

@@ -94,7 +94,7 @@ class MethodEntry(_Strict):
     hparams: dict[str, Any] = Field(default_factory=dict)
     steps: int | None = Field(default=None, ge=0)  # overrides training.steps for this method
     quant: QuantOverrides = Field(default_factory=QuantOverrides)  # overrides the suite's quant section
-    protocol: ProtocolSetting = None  # QAT methods: overrides the suite's `protocol`
+    protocol: ProtocolSetting = None  # QAT methods: overrides the suite's `protocol`; FP methods: from_fp_run only (fine-tune the parent run)
     # method `checkpoint` only: a model trained elsewhere, evaluated (and analysed) like a run. One
     # file, or one per seed of the suite; a qatbench model.pt brings its QuantSpec in its record.json
     checkpoint: str | list[str] | None = None
