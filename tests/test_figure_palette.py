@@ -78,3 +78,16 @@ def test_a_log_axis_within_one_decade_labels_its_ticks():
     labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
     assert labels == ["20", "25.2", "31.7", "40"]
     assert ax.get_ylim()[0] <= 10.0
+
+
+def test_no_two_methods_of_a_leaderboard_sized_report_get_look_alike_colours():
+    """25 labels (the leaderboard's two suites): every pair of colours at least MIN_DISTANCE apart in RGB,
+    so eoq and sagm are no longer tab10's and Dark2's purples (0.14 apart)."""
+    labels = ["asam", "cr", "dnq", "dorefa", "eoq", "erm", "erm_continued", "erm_ensemble", "fpq", "fqat", "gam"]
+    labels += ["gaqat", "kd", "lsq", "lsq_from_pretrained", "lsq_plus", "lsq_sagm", "lsq_sam", "lsq_switch_at_200"]
+    labels += ["mec", "pact", "ptq", "qtdog", "qtdog_w4", "sagm"]
+    palette = Palette(labels)
+    colours = [np.array(palette.colour(label)) for label in labels]
+    closest = min(np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[:i])
+    assert closest >= 0.2, closest
+    assert np.linalg.norm(np.array(palette.colour("eoq")) - np.array(palette.colour("sagm"))) >= 0.2
