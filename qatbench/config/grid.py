@@ -202,7 +202,7 @@ def _check_protocol(
             f"{blame_entry(['protocol'])}: method '{entry.name}' switches quantization on at its hparam "
             f"`{switch_hparam}`; set hparams.{switch_hparam} instead of `protocol`"
         )
-    if catalog.method_kind(entry.name) == "fp" and entry.protocol is not None:
+    if fine_tunes_parent(entry, catalog):
         return _check_fp_protocol(entry, blame_entry)
     name, switch_at = entry_protocol(suite, entry, catalog)
     own = entry.protocol is not None or switch_hparam is not None
@@ -236,16 +236,12 @@ def fine_tunes_parent(entry: MethodEntry, catalog: Catalog) -> bool:
 
 def _check_fp_protocol(entry: MethodEntry, blame_entry: Blame) -> tuple[str, int]:
     """A full-precision entry trains from the model as built unless it says `protocol: from_fp_run`."""
-    try:
-        name, switch_at = parse_protocol(entry.protocol)
-    except ValueError:
-        name, switch_at = "", 0
-    if name != FROM_FP_RUN:
+    if entry.protocol != FROM_FP_RUN:
         raise UserError(
             f"{blame_entry(['protocol'])}: method '{entry.name}' trains in full precision, from the model as built; "
             f"its only `protocol` is 'from_fp_run' (train on from the finished parent run), got {entry.protocol!r}"
         )
-    return FROM_FP_RUN, switch_at
+    return FROM_FP_RUN, 0
 
 
 def _protocol(name: str, switch_at: int, fp_parent: RunSpec) -> Protocol:
