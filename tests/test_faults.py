@@ -1,6 +1,7 @@
 """Faults become records or one warning, never a traceback: a full disk at a heartbeat or at the
-record, a damaged parent model.pt (named by the child's error and by `status`, with the command
-that retrains it), curve lines that are not evaluations."""
+record, a parent model.pt that is missing (trained again and restored when it reproduces its record)
+or damaged (named by the child's error and by `status`, with the command that retrains it), curve
+lines that are not evaluations."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from qatbench import records
 from qatbench.cli import main
 from qatbench.report.collect import load_curves, load_records
 from qatbench.runner import api, store
+from qatbench.runner.regenerate import MISMATCH
 from tests.conftest import ROOT, write_suite
 
 SUITE = """\
@@ -63,20 +67,42 @@ def test_a_full_disk_at_the_record_is_a_failed_run_and_the_sweep_goes_on(tmp_pat
     assert {r["status"] for r in _run(suite, tmp_path / "results").values()} == {"done"}
 
 
+def test_a_parent_without_its_model_pt_is_trained_again_and_restored_when_its_curve_is_reproduced(tmp_path):
+    """A fresh clone of committed records has no model.pt (not committed): the sweep trains the parent
+    again, keeps its record as it was, and its child starts from the same weights."""
+    suite, results = write_suite(tmp_path, SUITE), tmp_path / "results"
+    parent = _run(suite, results, only=["erm"])["erm"]
+    folder = store.run_dir(results, "faults", parent["run_id"])
+    kept = torch.load(folder / store.MODEL, weights_only=True)
+    (folder / store.MODEL).unlink()
+    child = _run(suite, results)["lsq"]
+    assert child["status"] == "done", child
+    restored = torch.load(folder / store.MODEL, weights_only=True)
+    assert restored.keys() == kept.keys() and all(torch.equal(restored[k], kept[k]) for k in kept)
+    assert store.read_record(folder) == parent  # the committed record is not rewritten
+    assert not (folder / MISMATCH).exists()
+
+
 def test_a_damaged_parent_is_named_by_its_child_and_by_status_with_the_command_that_retrains_it(
     tmp_path, capsys, caplog
 ):
     suite, results = write_suite(tmp_path, SUITE), tmp_path / "results"
     parent = _run(suite, results, only=["erm"])["erm"]
-    model = store.run_dir(results, "faults", parent["run_id"]) / store.MODEL
+    folder = store.run_dir(results, "faults", parent["run_id"])
+    model = folder / store.MODEL
     model.write_bytes(model.read_bytes()[:100])  # cut short
+    curve = [json.loads(line) for line in (folder / store.CURVE).read_text().splitlines()]
+    curve[-1]["id_acc"] += 0.125  # a record this code does not reproduce: its weights are not restored
+    (folder / store.CURVE).write_text("".join(json.dumps(row) + "\n" for row in curve))
     child = _run(suite, results)["lsq"]
     assert child["status"] == "failed"
     assert f"parent run {parent['run_id']}: {model} is damaged (" in child["error"]
+    assert "trained again, it differs from its record: step 4: id_acc" in child["error"]
+    assert "weights not restored" in caplog.text and len(model.read_bytes()) == 100
     assert main(["status", str(suite), "--results", str(results)]) == 0
     (damaged,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("damaged:")]
     assert f"damaged: parent run {parent['run_id']} (erm): {model} (" in damaged
-    command = damaged.split("retrain it: ")[1]
+    command = damaged.split("to retrain its record too: ")[1]
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # `qatbench` of this interpreter, this checkout
     env = {**os.environ, "QATBENCH_QUIET": "1", "PYTHONPATH": str(ROOT), "PATH": path}
     assert subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, env=env).returncode == 0, command

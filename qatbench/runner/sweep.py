@@ -21,6 +21,7 @@ from qatbench.runner import store
 from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
 from qatbench.runner.threads import intra_op_threads
 from qatbench.runner.catalog import CATALOG
+from qatbench.runner.regenerate import regenerate_parent
 from qatbench.runner.train import analyze_after, now, run_one
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def run_specs(
         for s in planned
         if not finished_and_current(store.run_dir(results, s.suite, s.run_id), data_root, rerun_stale, prints)
     ]
+    parents_of_pending = {s.parent.run_id for s in pending if s.parent is not None}
     if not checked:
         check_data(pending, data_root)
         check_analysis(planned, data_root)
@@ -176,6 +178,8 @@ def run_specs(
                 summary.records.append(record)
                 summary.reused += 1
                 progress_log.skip(spec)
+                if spec.run_id in parents_of_pending and store.model_problem(folder) is not None:
+                    _regenerate(spec, results, progress_log, data_root=data_root, device=device)
                 continue
             progress_log.start(spec)
             record = run_one(spec, results, data_root=data_root, device=device, progress=bars)
@@ -184,6 +188,17 @@ def run_specs(
             summary.trained += 1
     progress_log.close()
     return summary
+
+
+def _regenerate(parent: RunSpec, results: Path, progress_log: SweepProgress, **where) -> None:
+    """A finished parent whose model.pt is gone (a fresh clone of the committed records): train it
+    again and keep the weights if they reproduce its curve (runner/regenerate.py)."""
+    progress_log.write(f"parent {parent.run_id} ({parent.label}): model.pt missing, training it again to check")
+    reason = regenerate_parent(parent, results, run_one, **where)
+    if reason is None:
+        progress_log.write(f"parent {parent.run_id}: the curve is reproduced; model.pt restored")
+    else:
+        log.warning("parent %s: weights not restored, the run again differs from its record (%s)", parent.run_id, reason)
 
 
 def named_test_domains(spec: RunSpec) -> str:

@@ -44,6 +44,7 @@ from qatbench.runner import protocols, resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
 from qatbench.runner.divergence import Diverged, DivergenceMonitor
 from qatbench.runner.ensemble import member_models
+from qatbench.runner.regenerate import MISMATCH
 from qatbench.runner.evaluate import evaluate
 from qatbench.runner.threads import intra_op_threads
 
@@ -463,7 +464,11 @@ def _parent_weights(parent: RunSpec, results: Path) -> dict[str, torch.Tensor]:
         raise RuntimeError(f"full-precision parent run {parent.run_id} is {state}")
     problem = store.model_problem(folder)
     if problem is not None:  # `qatbench status` lists it as damaged, with the command that retrains it
-        raise RuntimeError(f"full-precision parent run {parent.run_id}: {folder / store.MODEL} is damaged ({problem})")
+        refused = folder / MISMATCH  # the sweep tried to train it again (runner/regenerate.py)
+        why = f"; trained again, it differs from its record: {refused.read_text().strip()}" if refused.is_file() else ""
+        raise RuntimeError(
+            f"full-precision parent run {parent.run_id}: {folder / store.MODEL} is damaged ({problem}){why}"
+        )
     return torch.load(folder / store.MODEL, map_location="cpu", weights_only=True)
 
 
