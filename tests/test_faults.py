@@ -20,7 +20,7 @@ from qatbench import records
 from qatbench.cli import main
 from qatbench.report.collect import load_curves, load_records
 from qatbench.runner import api, store
-from qatbench.runner.regenerate import MISMATCH
+from qatbench.runner.regenerate import NOTE
 from tests.conftest import ROOT, write_suite
 
 SUITE = """\
@@ -80,7 +80,32 @@ def test_a_parent_without_its_model_pt_is_trained_again_and_restored_when_its_cu
     restored = torch.load(folder / store.MODEL, weights_only=True)
     assert restored.keys() == kept.keys() and all(torch.equal(restored[k], kept[k]) for k in kept)
     assert store.read_record(folder) == parent  # the committed record is not rewritten
-    assert not (folder / MISMATCH).exists()
+    assert json.loads((folder / NOTE).read_text())["exact"] is True
+    assert not any(key.startswith("parent_regenerated") for key in child)
+
+
+def _shift_final_id_acc(folder: Path, by: float) -> float:
+    """Make the committed record one this code does not reproduce: its final I.D. accuracy moved."""
+    curve = [json.loads(line) for line in (folder / store.CURVE).read_text().splitlines()]
+    curve[-1]["id_acc"] += by
+    (folder / store.CURVE).write_text("".join(json.dumps(row) + "\n" for row in curve))
+    record = store.read_record(folder)
+    store.write_json(folder / store.RECORD, {**record, "id_acc": record["id_acc"] + by})
+    return record["id_acc"]
+
+
+def test_a_parent_that_differs_within_the_tolerance_is_restored_and_its_children_say_so(tmp_path):
+    suite = write_suite(tmp_path, SUITE.replace("checkpoint_every: 0}", "checkpoint_every: 0, parent_tolerance: 0.02}"))
+    results = tmp_path / "results"
+    parent = _run(suite, results, only=["erm"])["erm"]
+    folder = store.run_dir(results, "faults", parent["run_id"])
+    (folder / store.MODEL).unlink()
+    trained = _shift_final_id_acc(folder, 0.015)
+    child = _run(suite, results)["lsq"]
+    assert child["status"] == "done" and (folder / store.MODEL).is_file()
+    assert child["parent_regenerated.id_acc"] == trained  # the weights it started from, trained again
+    assert child["parent_regenerated.difference"].startswith("step 4: id_acc")
+    assert child["parent_regenerated.tolerance"] == 0.02
 
 
 def test_a_damaged_parent_is_named_by_its_child_and_by_status_with_the_command_that_retrains_it(
@@ -91,14 +116,13 @@ def test_a_damaged_parent_is_named_by_its_child_and_by_status_with_the_command_t
     folder = store.run_dir(results, "faults", parent["run_id"])
     model = folder / store.MODEL
     model.write_bytes(model.read_bytes()[:100])  # cut short
-    curve = [json.loads(line) for line in (folder / store.CURVE).read_text().splitlines()]
-    curve[-1]["id_acc"] += 0.125  # a record this code does not reproduce: its weights are not restored
-    (folder / store.CURVE).write_text("".join(json.dumps(row) + "\n" for row in curve))
+    _shift_final_id_acc(folder, 0.125)  # not reproduced, and no tolerance: its weights stay out
     child = _run(suite, results)["lsq"]
     assert child["status"] == "failed"
     assert f"parent run {parent['run_id']}: {model} is damaged (" in child["error"]
     assert "trained again, it differs from its record: step 4: id_acc" in child["error"]
     assert "weights not restored" in caplog.text and len(model.read_bytes()) == 100
+    assert "training.parent_tolerance 0.0" in child["error"]
     assert main(["status", str(suite), "--results", str(results)]) == 0
     (damaged,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("damaged:")]
     assert f"damaged: parent run {parent['run_id']} (erm): {model} (" in damaged

@@ -439,6 +439,7 @@ def expand(suite: Suite, catalog: Catalog) -> list[RunSpec]:
                         checkpoint_every=suite.training.checkpoint_every,
                         threads=suite.training.threads,
                         diverge_factor=suite.training.diverge_factor,
+                        parent_tolerance=suite.training.parent_tolerance,
                         analysis=suite.analysis,
                         suite=suite.name,
                     )

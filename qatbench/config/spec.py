@@ -193,6 +193,7 @@ class RunSpec:
     checkpoint_every: int = field(default=0, compare=False)  # resumable checkpoints (0: none)
     threads: int = field(default=1, compare=False)  # torch intra-op threads, set by the run itself
     diverge_factor: float = field(default=4.0, compare=False)  # loss rise that makes a run `diverged`
+    parent_tolerance: float = field(default=0.0, compare=False)  # a parent trained again: accuracy it may differ by
     analysis: AnalysisConfig | None = field(default=None, compare=False)  # what to measure once trained
     checkpoint: str | None = field(
         default=None, compare=False

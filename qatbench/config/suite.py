@@ -168,6 +168,13 @@ class TrainingConfig(_Strict):
     # a run whose smoothed loss rises over this factor x its start is `diverged` (0: only a NaN/inf
     # loss is): fastai's and Lightning's lr finders stop at 4 x; see runner/divergence.py
     diverge_factor: float = Field(default=4.0, ge=0, allow_inf_nan=False)
+    # a finished parent whose model.pt is gone (not committed) is trained again for its from_fp_run
+    # children; its weights are kept when the new curve reproduces the committed one, or, with a
+    # tolerance above 0, when its final I.D. and OOD accuracies are within this many points (fraction)
+    # of the record's: float kernels differ between CPUs, so a parent trained again elsewhere is a
+    # different network of the same seed. The children's records say so (runner/regenerate.py).
+    # 0 (default): exact reproduction only. Not in the run id.
+    parent_tolerance: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
 
 
 class QuantConfig(_Strict):

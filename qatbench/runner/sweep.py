@@ -21,7 +21,7 @@ from qatbench.runner import store
 from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
 from qatbench.runner.threads import intra_op_threads
 from qatbench.runner.catalog import CATALOG
-from qatbench.runner.regenerate import regenerate_parent
+from qatbench.runner.regenerate import refusal, regenerate_parent
 from qatbench.runner.train import analyze_after, now, run_one
 
 log = logging.getLogger(__name__)
@@ -192,13 +192,19 @@ def run_specs(
 
 def _regenerate(parent: RunSpec, results: Path, progress_log: SweepProgress, **where) -> None:
     """A finished parent whose model.pt is gone (a fresh clone of the committed records): train it
-    again and keep the weights if they reproduce its curve (runner/regenerate.py)."""
-    progress_log.write(f"parent {parent.run_id} ({parent.label}): model.pt missing, training it again to check")
-    reason = regenerate_parent(parent, results, run_one, **where)
-    if reason is None:
-        progress_log.write(f"parent {parent.run_id}: the curve is reproduced; model.pt restored")
+    again and keep the weights if they reproduce its curve, or are within training.parent_tolerance."""
+    progress_log.write(f"parent {parent.run_id} ({parent.label}): model.pt missing, training it again")
+    note = regenerate_parent(parent, results, run_one, **where)
+    if note["exact"]:
+        progress_log.write(f"parent {parent.run_id}: its curve is reproduced; model.pt restored")
+    elif note["restored"]:
+        log.warning(
+            "parent %s: trained again it differs from its record (%s) within training.parent_tolerance %s; "
+            "its children start from these weights and their records say so (parent_regenerated.*)",
+            parent.run_id, note["difference"], parent.parent_tolerance,
+        )
     else:
-        log.warning("parent %s: weights not restored, the run again differs from its record (%s)", parent.run_id, reason)
+        log.warning("parent %s: weights not restored: %s", parent.run_id, refusal(store.run_dir(results, parent.suite, parent.run_id)))
 
 
 def named_test_domains(spec: RunSpec) -> str:

@@ -40,11 +40,10 @@ from qatbench.errors import UserError
 from qatbench.methods import METHODS
 from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
-from qatbench.runner import protocols, resume, store
+from qatbench.runner import protocols, regenerate, resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
 from qatbench.runner.divergence import Diverged, DivergenceMonitor
 from qatbench.runner.ensemble import member_models
-from qatbench.runner.regenerate import MISMATCH
 from qatbench.runner.evaluate import evaluate
 from qatbench.runner.threads import intra_op_threads
 
@@ -228,12 +227,14 @@ def _train(
 
     method_class = METHODS.get(spec.method)
     ensemble = method_class.kind == "ensemble"
+    parent_note: dict[str, Any] = {}
     if ensemble:  # its members' finished models, each as it was trained (quantized or not)
         model = torch.nn.ModuleList(member_models(spec, results, dataset, device))
     else:
         model = build_model(spec.model, dataset.input_shape, dataset.num_classes, dict(spec.model_options))
         if spec.parent is not None:
             model.load_state_dict(_parent_weights(spec.parent, results))
+            parent_note = regenerate.child_fields(store.run_dir(results, spec.parent.suite, spec.parent.run_id))
         model = model.to(device)
     teacher = None
     if method_class.needs_teacher:  # the frozen FP parent, before quantization
@@ -338,6 +339,7 @@ def _train(
         for part in ("in", "out")
     }
     return {
+        **parent_note,  # a parent trained again that differs from its record: how (runner/regenerate.py)
         **accuracies,  # at the last evaluation; reports select among all of curve.jsonl
         **float_metrics,  # PTQ runs: the float model's accuracies before quantization
         **sizes,
@@ -464,8 +466,8 @@ def _parent_weights(parent: RunSpec, results: Path) -> dict[str, torch.Tensor]:
         raise RuntimeError(f"full-precision parent run {parent.run_id} is {state}")
     problem = store.model_problem(folder)
     if problem is not None:  # `qatbench status` lists it as damaged, with the command that retrains it
-        refused = folder / MISMATCH  # the sweep tried to train it again (runner/regenerate.py)
-        why = f"; trained again, it differs from its record: {refused.read_text().strip()}" if refused.is_file() else ""
+        refused = regenerate.refusal(folder)  # the sweep trained it again, and kept the weights out
+        why = f"; trained again, it differs from its record: {refused}" if refused else ""
         raise RuntimeError(
             f"full-precision parent run {parent.run_id}: {folder / store.MODEL} is damaged ({problem}){why}"
         )
