@@ -304,6 +304,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             records, fmt, args.selection, references=references, baseline=args.baseline, claims=with_claims
         )
         text += report.render_pending(*grids, records, fmt) if grids else ""
+        text += report.render_regenerated(records, fmt)
         if board:
             from qatbench.report.figures import figure_folder, planned_figures
 

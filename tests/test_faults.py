@@ -18,6 +18,7 @@ import torch
 
 from qatbench import records
 from qatbench.cli import main
+from qatbench.report import render_regenerated
 from qatbench.report.collect import load_curves, load_records
 from qatbench.runner import api, store
 from qatbench.runner.regenerate import NOTE
@@ -82,6 +83,7 @@ def test_a_parent_without_its_model_pt_is_trained_again_and_restored_when_its_cu
     assert store.read_record(folder) == parent  # the committed record is not rewritten
     assert json.loads((folder / NOTE).read_text())["exact"] is True
     assert not any(key.startswith("parent_regenerated") for key in child)
+    assert render_regenerated(load_records(results)) == ""
 
 
 def _shift_final_id_acc(folder: Path, by: float) -> float:
@@ -106,6 +108,12 @@ def test_a_parent_that_differs_within_the_tolerance_is_restored_and_its_children
     assert child["parent_regenerated.id_acc"] == trained  # the weights it started from, trained again
     assert child["parent_regenerated.difference"].startswith("step 4: id_acc")
     assert child["parent_regenerated.tolerance"] == 0.02
+    text = render_regenerated(load_records(results))  # the leaderboard names the run and both starts
+    (row,) = [line for line in text.splitlines() if line.startswith("| faults")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    recorded = f"{100 * (trained + 0.015):.1f} / {100 * parent['ood_acc']:.1f}"
+    assert cells == ["faults", "lsq", "W4A4", child["environments"][0], "0", parent["run_id"], recorded,
+                     f"{100 * trained:.1f} / {100 * parent['ood_acc']:.1f}", "2.0 points"], text
 
 
 def test_a_damaged_parent_is_named_by_its_child_and_by_status_with_the_command_that_retrains_it(

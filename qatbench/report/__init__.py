@@ -19,6 +19,7 @@ from qatbench.provenance import FingerprintCache, stale_reason
 from qatbench.report.collect import load_curves, load_records
 from qatbench.report.comparisons import comparison_table
 from qatbench.report.pending import pending_tables
+from qatbench.report.regenerated import regenerated_table
 from qatbench.report.references import attach_references, load_references
 from qatbench.report.render import TextTable, to_latex, to_markdown
 from qatbench.report.select import SELECTIONS, Selection
@@ -128,6 +129,14 @@ def render_pending(cells: pd.DataFrame, suite_files: dict[str, str], records: pd
     if not tables:
         return ""
     return "\n" + (to_markdown(tables) if format == "md" else to_latex(tables))
+
+
+def render_regenerated(records: pd.DataFrame, format: Format = "md") -> str:
+    """The runs whose parent was trained again (report/regenerated.py), after the tables; "" when none."""
+    table = regenerated_table(records)
+    if table is None:
+        return ""
+    return "\n" + (to_markdown([table]) if format == "md" else to_latex([table]))
 
 
 def _check_format(format: str) -> None:

@@ -59,7 +59,7 @@ CELL = ["suite", "dataset", "model", "label", "bits", "seed", "domain"]  # one r
 TABLE = ["suite", "dataset", "model"]
 
 
-def _domains(records: pd.DataFrame) -> list[str]:
+def domain_names(records: pd.DataFrame) -> list[str]:
     return [
         " + ".join(envs[i] for i in tests) or NO_TEST_DOMAIN
         for tests, envs in zip(records["test_envs"], records["environments"])
@@ -77,7 +77,7 @@ def usable(records: pd.DataFrame) -> pd.DataFrame:
         missing = absent or [k for k in KEYS if records[k].isna().any()]
         log.warning("%d record(s) lack keys a table needs (%s); not shown", lacking, ", ".join(missing))
     complete = complete.drop_duplicates("run_id").copy()
-    complete["domain"] = _domains(complete) if len(complete) else []
+    complete["domain"] = domain_names(complete) if len(complete) else []
     return complete
 
 

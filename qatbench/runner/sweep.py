@@ -204,7 +204,8 @@ def _regenerate(parent: RunSpec, results: Path, progress_log: SweepProgress, **w
             parent.run_id, note["difference"], parent.parent_tolerance,
         )
     else:
-        log.warning("parent %s: weights not restored: %s", parent.run_id, refusal(store.run_dir(results, parent.suite, parent.run_id)))
+        why = refusal(store.run_dir(results, parent.suite, parent.run_id))
+        log.warning("parent %s: weights not restored: %s", parent.run_id, why)
 
 
 def named_test_domains(spec: RunSpec) -> str:
