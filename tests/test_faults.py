@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from qatbench.cli import main
 from qatbench.report import render_regenerated
 from qatbench.report.collect import load_curves, load_records
 from qatbench.runner import api, store
-from qatbench.runner.regenerate import NOTE
+from qatbench.runner.regenerate import NOTE, child_fields, regenerate_parent, wants_regeneration
 from tests.conftest import ROOT, write_suite
 
 SUITE = """\
@@ -86,14 +87,14 @@ def test_a_parent_without_its_model_pt_is_trained_again_and_restored_when_its_cu
     assert render_regenerated(load_records(results)) == ""
 
 
-def _shift_final_id_acc(folder: Path, by: float) -> float:
-    """Make the committed record one this code does not reproduce: its final I.D. accuracy moved."""
+def _shift_final_id_acc(folder: Path, by: float, key: str = "id_acc") -> float:
+    """Make the committed record one this code does not reproduce: its final accuracy `key` moved."""
     curve = [json.loads(line) for line in (folder / store.CURVE).read_text().splitlines()]
-    curve[-1]["id_acc"] += by
+    curve[-1][key] += by
     (folder / store.CURVE).write_text("".join(json.dumps(row) + "\n" for row in curve))
     record = store.read_record(folder)
-    store.write_json(folder / store.RECORD, {**record, "id_acc": record["id_acc"] + by})
-    return record["id_acc"]
+    store.write_json(folder / store.RECORD, {**record, key: record[key] + by})
+    return record[key]
 
 
 def test_a_parent_that_differs_within_the_tolerance_is_restored_and_its_children_say_so(tmp_path):
@@ -114,6 +115,42 @@ def test_a_parent_that_differs_within_the_tolerance_is_restored_and_its_children
     recorded = f"{100 * (trained + 0.015):.1f} / {100 * parent['ood_acc']:.1f}"
     assert cells == ["faults", "lsq", "W4A4", child["environments"][0], "0", parent["run_id"], recorded,
                      f"{100 * trained:.1f} / {100 * parent['ood_acc']:.1f}", "2.0 points"], text
+
+
+def test_a_parent_further_off_than_the_tolerance_is_refused_and_not_trained_again_at_that_tolerance(tmp_path):
+    suite = write_suite(tmp_path, SUITE.replace("checkpoint_every: 0}", "checkpoint_every: 0, parent_tolerance: 0.02}"))
+    results = tmp_path / "results"
+    parent = _run(suite, results, only=["erm"])["erm"]
+    folder = store.run_dir(results, "faults", parent["run_id"])
+    (folder / store.MODEL).unlink()
+    _shift_final_id_acc(folder, 0.05, "ood_acc")  # OOD 5 points off
+    child = _run(suite, results)["lsq"]
+    assert child["status"] == "failed" and "ood_acc" in child["error"] and "parent_tolerance 0.02" in child["error"]
+    spec = next(s for s in api.expand(api.load_suite(suite)) if s.label == "erm")
+    assert not wants_regeneration(spec, folder)  # the same machine would train the same network again
+    assert wants_regeneration(replace(spec, parent_tolerance=0.1), folder)  # a wider tolerance may accept it
+
+
+def test_a_parent_recorded_on_another_device_is_refused_before_training_and_notes_follow_the_weights(tmp_path):
+    suite = write_suite(tmp_path, SUITE.replace("checkpoint_every: 0}", "checkpoint_every: 0, parent_tolerance: 0.5}"))
+    results = tmp_path / "results"
+    _run(suite, results, only=["erm"])
+    spec = next(s for s in api.expand(api.load_suite(suite)) if s.label == "erm")
+    folder = store.run_dir(results, "faults", spec.run_id)
+    weights = (folder / store.MODEL).read_bytes()
+    store.write_json(folder / store.RECORD, {**store.read_record(folder), "device": "cuda:0"})
+    (folder / store.MODEL).unlink()
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained although the devices differ")
+
+    note = regenerate_parent(spec, results, never, data_root=None, device="cpu")
+    assert not note["restored"] and note["difference"] == "this sweep trains on cpu, the record on cuda:0"
+    assert not (folder / store.MODEL).exists()
+    store.atomic_write_bytes(folder / store.MODEL, weights)
+    fake = {**json.loads((folder / NOTE).read_text()), "restored": True, "exact": False, "model_sha256": "0" * 64}
+    store.write_json(folder / NOTE, fake)
+    assert child_fields(folder) == {}  # its hash names other weights than the model.pt there
 
 
 def test_a_damaged_parent_is_named_by_its_child_and_by_status_with_the_command_that_retrains_it(

@@ -40,9 +40,10 @@ def regenerated_table(records: pd.DataFrame) -> TextTable | None:
     cells = pd.DataFrame.from_dict(rows, orient="index")
     cells.index = pd.MultiIndex.from_tuples(cells.index, names=["Suite", "Method", "Bits", "Test domain", "Seed"])
     caption = (
-        f"{len(cells)} run(s) trained from a parent trained again on another machine (its model.pt is not "
-        "committed), which reached the final accuracies in the last column instead of its record's. Their "
-        "pairs with the parent's record and with runs from the original weights carry this difference."
+        f"{len(cells)} run(s) trained from a parent trained again (its model.pt is not committed), which "
+        "reached the final accuracies under 'Trained again' instead of its record's; the tolerance is the "
+        "suite's training.parent_tolerance. Their pairs with the parent's record and with runs from the "
+        "original weights carry this difference."
     )
     return TextTable("Runs from a parent trained again", cells, caption)
 

@@ -140,9 +140,14 @@ def clean_temporary(specs: list[RunSpec], results: Path) -> list[Path]:
 
 
 def damaged_parents(specs: list[RunSpec], results: Path) -> list[tuple[RunSpec, str]]:
-    """Finished full-precision parents whose model.pt no QAT child can load, with the reason: their
-    record says done, so no sweep retrains them until their folder is removed."""
-    parents = {spec.parent.run_id: spec.parent for spec in specs if spec.parent is not None}
+    """Finished full-precision parents of unfinished runs whose model.pt no child can load, with the
+    reason (a fresh clone has none: model.pt is not committed). A sweep trains such a parent again
+    and keeps the weights if they match its record (runner/regenerate.py); its record stays."""
+    parents = {
+        spec.parent.run_id: spec.parent
+        for spec in specs
+        if spec.parent is not None and not store.is_finished(store.run_dir(results, spec.suite, spec.run_id))
+    }
     damaged = []
     for parent in parents.values():
         folder = store.run_dir(results, parent.suite, parent.run_id)

@@ -146,6 +146,8 @@ def beat(folder: Path, step: int, steps: int) -> bool:
 def model_problem(folder: Path) -> str | None:
     """Why a finished run's model.pt cannot serve as a parent (missing, unreadable), or None."""
     path = Path(folder) / MODEL
+    if not path.exists():
+        return "not there (model.pt files are not committed: a fresh clone has none)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (a torn zip, a disk error, foreign content: all damage)

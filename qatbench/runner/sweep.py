@@ -13,6 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from qatbench.config import RunSpec
+from qatbench.errors import first_line
 from qatbench.data import build_dataset, split_environments
 from qatbench.models import build_model
 from qatbench.provenance import FingerprintCache, stale_reason
@@ -21,8 +22,8 @@ from qatbench.runner import store
 from qatbench.runner.analyze import check_subset_size, load_weights, subset_pool
 from qatbench.runner.threads import intra_op_threads
 from qatbench.runner.catalog import CATALOG
-from qatbench.runner.regenerate import refusal, regenerate_parent
-from qatbench.runner.train import analyze_after, now, run_one
+from qatbench.runner.regenerate import refusal, regenerate_parent, wants_regeneration
+from qatbench.runner.train import analyze_after, now, resolve_device, run_one
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def run_specs(
                 summary.records.append(record)
                 summary.reused += 1
                 progress_log.skip(spec)
-                if spec.run_id in parents_of_pending and store.model_problem(folder) is not None:
+                if spec.run_id in parents_of_pending and wants_regeneration(spec, folder):
                     _regenerate(spec, results, progress_log, data_root=data_root, device=device)
                 continue
             progress_log.start(spec)
@@ -190,22 +191,30 @@ def run_specs(
     return summary
 
 
-def _regenerate(parent: RunSpec, results: Path, progress_log: SweepProgress, **where) -> None:
+def _regenerate(parent: RunSpec, results: Path, progress_log: SweepProgress, *, data_root, device: str) -> None:
     """A finished parent whose model.pt is gone (a fresh clone of the committed records): train it
-    again and keep the weights if they reproduce its curve, or are within training.parent_tolerance."""
-    progress_log.write(f"parent {parent.run_id} ({parent.label}): model.pt missing, training it again")
-    note = regenerate_parent(parent, results, run_one, **where)
+    again and keep the weights if they reproduce its curve, or are within training.parent_tolerance.
+    Whatever happens is a line or a warning: its children fail on their own if the weights stay out."""
+    folder = store.run_dir(results, parent.suite, parent.run_id)
+    problem = store.model_problem(folder)
+    progress_log.write(f"parent {parent.run_id} ({parent.label}): model.pt {problem}; training it again")
+    try:
+        note = regenerate_parent(parent, results, run_one, data_root=data_root, device=str(resolve_device(device)))
+    except OSError as exc:  # a full disk at the scratch folder, the note or the weights
+        log.warning("parent %s: could not be trained again: %s", parent.run_id, first_line(exc))
+        return
     if note["exact"]:
         progress_log.write(f"parent {parent.run_id}: its curve is reproduced; model.pt restored")
     elif note["restored"]:
         log.warning(
             "parent %s: trained again it differs from its record (%s) within training.parent_tolerance %s; "
             "its children start from these weights and their records say so (parent_regenerated.*)",
-            parent.run_id, note["difference"], parent.parent_tolerance,
+            parent.run_id,
+            note["difference"],
+            parent.parent_tolerance,
         )
     else:
-        why = refusal(store.run_dir(results, parent.suite, parent.run_id))
-        log.warning("parent %s: weights not restored: %s", parent.run_id, why)
+        log.warning("parent %s: weights not restored: %s", parent.run_id, refusal(folder))
 
 
 def named_test_domains(spec: RunSpec) -> str:

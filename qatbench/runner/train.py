@@ -71,6 +71,7 @@ def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: st
         (folder / store.CURVE).unlink(missing_ok=True)
         (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
     (folder / store.ERROR_LOG).unlink(missing_ok=True)
+    (folder / regenerate.NOTE).unlink(missing_ok=True)  # it describes weights this run replaces
     started = time.time()
     record = describe(spec)
     record["started_at"] = now()
