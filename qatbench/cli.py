@@ -253,8 +253,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         folder = run_dir(Path(args.results), parent.suite, parent.run_id)
         print(
             f"damaged: parent run {parent.run_id} ({parent.label}): {folder / MODEL} ({problem}); "
-            f"qatbench run {args.suite} --results {args.results} trains it again and restores it if its curve is reproduced "
-            f"(or within training.parent_tolerance); "
+            f"qatbench run {args.suite} --results {args.results} trains it again and restores it if its "
+            f"curve is reproduced (or within training.parent_tolerance); "
             f"to retrain its record too: rm -r {folder} && qatbench run {args.suite} --results {args.results}"
         )
     return 0
