@@ -71,6 +71,7 @@ def test_the_shipped_claims_file_loads_and_names_the_issue_claims():
         ("    method: lsq\n", "", "claim 1 (c1), key 'method' missing; a difference claim needs id, paper"),
         ("P\n", "P\n    kind: regression\n", "key 'kind': 'regression' not allowed; allowed: correlation, difference"),
         ("P\n", "P\n    bits: {a: 1}\n", "key 'bits': expected a bit width or a list of them"),
+        ("P\n", "P\n    suites: [1]\n", "key 'suites': expected a suite name or a list of them"),
         ("claims:", "claims: [", "not valid YAML at line"),
         ("claims:", "claimz:", "expected a top-level key 'claims' holding a list of claims"),
     ],
@@ -216,6 +217,15 @@ def test_supported_when_paired_differences_are_significant_in_the_claimed_direct
 def test_contradicted_when_significant_in_the_other_direction(tmp_path):
     row = _only_row(_parent_records(tmp_path, [10.0, 12.0, 11.0, 13.0]), _claim(tmp_path, direction="less"))
     assert row.verdict == "contradicted"
+
+
+def test_a_claim_scoped_to_suites_is_measured_only_in_their_tables(tmp_path):
+    records = _parent_records(tmp_path, [10.0, 12.0, 11.0, 13.0])
+    suite = records["suite"].iloc[0]
+    (elsewhere,) = report.claim_tables(records, _claim(tmp_path, metric="hessian.trace\n    suites: [another_suite]"))
+    assert elsewhere.rows == []  # no "waiting" row where the claim's runs can never exist
+    (here,) = report.claim_tables(records, _claim(tmp_path, metric=f"hessian.trace\n    suites: [{suite}]"))
+    assert [row.verdict for row in here.rows] == ["supported"]
 
 
 def test_inconclusive_says_its_n(tmp_path):

@@ -32,7 +32,7 @@ METRICS = {
     "hessian.top_eigenvalue": ("λ_max", 1.0),
     "hessian.loss": ("loss", 1.0),
 }
-COMMON = {"id", "kind", "paper", "where", "statement", "direction", "bits", "paper_value"}
+COMMON = {"id", "kind", "paper", "where", "statement", "direction", "bits", "suites", "paper_value"}
 REQUIRED = {
     "difference": ("id", "paper", "where", "statement", "method", "baseline", "metric", "direction"),
     "correlation": ("id", "paper", "where", "statement", "x", "y", "direction"),
@@ -54,7 +54,11 @@ class Claim:
     x: tuple[str, ...] = ()  # correlation: tau(x, y), each (a,) or (a, b)
     y: tuple[str, ...] = ()
     bits: tuple[str, ...] = ()  # empty: every bit width the table has
+    suites: tuple[str, ...] = ()  # empty: every suite; else the suites whose runs the claim needs exist in
     paper_value: str = ""
+
+    def applies_to(self, suite: str) -> bool:
+        return not self.suites or suite in self.suites
 
     @property
     def sign(self) -> int:
@@ -119,14 +123,18 @@ def _claim(entry, where: str) -> Claim:
     bits = [bits] if isinstance(bits, str) else bits
     if not isinstance(bits, list) or not all(isinstance(b, str) and b for b in bits):
         raise UserError(f"{where}, key 'bits': expected a bit width or a list of them (W4A4, FP, ...)")
+    suites = entry.get("suites") or []
+    suites = [suites] if isinstance(suites, str) else suites
+    if not isinstance(suites, list) or not all(isinstance(name, str) and name for name in suites):
+        raise UserError(f"{where}, key 'suites': expected a suite name or a list of them (pacs64_lite0, ...)")
     text = {k: str(entry.get(k) or "") for k in ("id", "paper", "where", "statement", "paper_value")}
     if kind == "difference":
         return Claim(
-            **text, kind=kind, direction=direction, bits=tuple(bits), method=str(entry["method"]),
+            **text, kind=kind, direction=direction, bits=tuple(bits), suites=tuple(suites), method=str(entry["method"]),
             baseline=str(entry["baseline"]), metric=_metric(entry["metric"], where, "metric"),
         )  # fmt: skip
     return Claim(
-        **text, kind=kind, direction=direction, bits=tuple(bits),
+        **text, kind=kind, direction=direction, bits=tuple(bits), suites=tuple(suites),
         x=_metric(entry["x"], where, "x"), y=_metric(entry["y"], where, "y"),
     )  # fmt: skip
 

@@ -90,7 +90,7 @@ def measure_claims(records: pd.DataFrame, claims: list[Claim], selection: Select
     for key, table_runs in final.groupby(TABLE, sort=True):
         mine = selected[(selected[TABLE] == pd.Series(key, index=TABLE)).all(axis=1)] if len(selected) else selected
         table = ClaimTable(key)
-        for claim in claims:
+        for claim in [c for c in claims if c.applies_to(key[0])]:  # TABLE's first key is the suite
             if claim.kind == "difference":
                 table.rows += _difference_rows(claim, mine)
             else:
