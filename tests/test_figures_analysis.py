@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,16 @@ def test_density_plot_creates_parent_folders(tmp_path):
     written = plot_density([("lsq W4A4", np.array([[1.0, 10.0]]), np.array([[0.9, 0.1]]))], tmp_path / "a" / "b" / "d")
     assert written == [tmp_path / "a" / "b" / "d.png", tmp_path / "a" / "b" / "d.pdf"]
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_a_figure_saved_twice_is_the_same_bytes(tmp_path):
+    """The committed leaderboard figures change only when their data change: no creation date."""
+    data = [("lsq W4A4", np.array([[1.0, 10.0]]), np.array([[0.9, 0.1]]))]
+    first = [p.read_bytes() for p in plot_density(data, tmp_path / "first")]
+    time.sleep(1.1)  # the PDF date has one-second resolution
+    second = [p.read_bytes() for p in plot_density(data, tmp_path / "second")]
+    assert b"CreationDate" not in first[1]
+    assert first == second
 
 
 def test_layer_trace_puts_layers_in_natural_order_and_groups_by_label():

@@ -94,12 +94,14 @@ def load_hessian(json_path: str | Path) -> dict:
 
 
 def save_figure(fig: Figure, out_stem: Path) -> list[Path]:
-    """`out_stem`.png (dpi 150) and .pdf, parent folders created."""
+    """`out_stem`.png (dpi 150) and .pdf, parent folders created. The PDF carries no creation date,
+    so the committed figures change only when their data do (`report --leaderboard` rewrites them)."""
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
     for path in paths:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=metadata)
     return paths
 
 
