@@ -97,12 +97,19 @@ def _shift_final_id_acc(folder: Path, by: float, key: str = "id_acc") -> float:
     return record[key]
 
 
-def test_a_parent_that_differs_within_the_tolerance_is_restored_and_its_children_say_so(tmp_path):
-    suite = write_suite(tmp_path, SUITE.replace("checkpoint_every: 0}", "checkpoint_every: 0, parent_tolerance: 0.02}"))
+def _parent_without_weights(tmp_path: Path, tolerance: float) -> tuple[Path, Path, dict, Path]:
+    """A finished erm parent whose model.pt is gone, as on a new machine: (suite, results, record, folder)."""
+    with_tolerance = SUITE.replace("checkpoint_every: 0}", f"checkpoint_every: 0, parent_tolerance: {tolerance}}}")
+    suite = write_suite(tmp_path, with_tolerance)
     results = tmp_path / "results"
     parent = _run(suite, results, only=["erm"])["erm"]
     folder = store.run_dir(results, "faults", parent["run_id"])
     (folder / store.MODEL).unlink()
+    return suite, results, parent, folder
+
+
+def test_a_parent_that_differs_within_the_tolerance_is_restored_and_its_children_say_so(tmp_path):
+    suite, results, parent, folder = _parent_without_weights(tmp_path, tolerance=0.02)
     trained = _shift_final_id_acc(folder, 0.015)
     child = _run(suite, results)["lsq"]
     assert child["status"] == "done" and (folder / store.MODEL).is_file()
@@ -118,11 +125,7 @@ def test_a_parent_that_differs_within_the_tolerance_is_restored_and_its_children
 
 
 def test_a_parent_further_off_than_the_tolerance_is_refused_and_not_trained_again_at_that_tolerance(tmp_path):
-    suite = write_suite(tmp_path, SUITE.replace("checkpoint_every: 0}", "checkpoint_every: 0, parent_tolerance: 0.02}"))
-    results = tmp_path / "results"
-    parent = _run(suite, results, only=["erm"])["erm"]
-    folder = store.run_dir(results, "faults", parent["run_id"])
-    (folder / store.MODEL).unlink()
+    suite, results, parent, folder = _parent_without_weights(tmp_path, tolerance=0.02)
     _shift_final_id_acc(folder, 0.05, "ood_acc")  # OOD 5 points off
     child = _run(suite, results)["lsq"]
     assert child["status"] == "failed" and "ood_acc" in child["error"] and "parent_tolerance 0.02" in child["error"]
