@@ -44,7 +44,8 @@ def _fails_with_one_line(capsys, argv) -> str:
         (
             "training.stpes=3",
             "--set training.stpes: unknown key 'stpes' (did you mean 'steps'?); "
-            "allowed: batch_size, checkpoint_every, compile, diverge_factor, eval_batch_size, eval_every, parent_tolerance, steps, threads",
+            "allowed: batch_size, checkpoint_every, compile, diverge_factor, eval_batch_size, eval_every, "
+            "parent_tolerance, steps, threads",
         ),
         ("methods[0].hparams.lrr=0.1", "--set methods[0].hparams.lrr: unknown hparam 'lrr' (did you mean 'lr'?)"),
         ("methods[0].hparams.lr=fast", "--set methods[0].hparams.lr: Input should be a valid number"),
