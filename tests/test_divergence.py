@@ -7,7 +7,9 @@ import math
 
 import pytest
 
-from qatbench.runner import api
+import torch
+
+from qatbench.runner import api, resume, store
 from qatbench.runner.divergence import Diverged, DivergenceMonitor
 from tests.conftest import write_suite
 
@@ -34,6 +36,22 @@ def test_a_learning_rate_of_1e6_is_diverged_with_its_step_and_loss(tmp_path):
     assert "training.diverge_factor" in exploded["error"] or "loss became" in exploded["error"]
     bad = records["ptq2"]  # 2-bit PTQ of a sane parent: about chance, and a result all the same
     assert bad["status"] == "done" and bad["id_acc"] < 0.5
+
+
+def test_a_diverged_run_keeps_its_last_checkpoint_from_before_the_loss_broke(tmp_path):
+    suite = api.load_suite(write_suite(tmp_path, SUITE.replace("checkpoint_every: 0", "checkpoint_every: 1")))
+    records = {r["label"]: r for r in api.run(suite, tmp_path / "results", progress=False).records}
+    exploded = records["exploding"]
+    assert exploded["status"] == "diverged" and exploded["diverged_step"] == 2  # step 1's loss was finite
+    assert exploded["checkpoint_before_divergence.file"] == resume.BEFORE_DIVERGENCE
+    assert exploded["checkpoint_before_divergence.step"] == 1
+    folder = store.run_dir(tmp_path / "results", "explode", exploded["run_id"])
+    assert not (folder / resume.RESUME).exists()
+    kept = resume.read_file(folder / resume.BEFORE_DIVERGENCE)  # checksum checked, weights_only
+    assert kept["step"] == 1 and kept["run_id"] == exploded["run_id"]
+    assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
+    finished = store.run_dir(tmp_path / "results", "explode", records["ptq2"]["run_id"])
+    assert not list(finished.glob("*divergence*")) and "checkpoint_before_divergence.step" not in records["ptq2"]
 
 
 def test_loss_far_above_its_start_diverges_and_a_chance_level_loss_does_not():

@@ -3,7 +3,10 @@ first line, then the payload (model, method state, RNG states, the step reached,
 versions that wrote it), written atomically in one file, so no crash can leave a checkpoint and a
 checksum that disagree. A checkpoint that does not match its checksum (a disk that filled up, a copy
 cut short), belongs to another run or version, or cannot be applied, is reported, removed, and the
-run starts over instead of failing; the finished run removes it.
+run starts over instead of failing; the finished run removes it, except a diverged run, which keeps
+its last checkpoint as `before_divergence.pt` (the weights of the last checkpointed step, from before
+its loss stopped being finite) so that what went wrong can be looked at; nothing in qatbench reads it
+back (`read_file` does, for a user).
 
 The payload holds tensors and plain data only (numpy's RNG state travels as a tensor), and is read
 with `torch.load(weights_only=True)`, whose unpickler admits nothing else: the SHA-256 line is a
@@ -31,6 +34,7 @@ from qatbench.runner import store
 from qatbench.version import __version__
 
 RESUME = "resume.pt"
+BEFORE_DIVERGENCE = "before_divergence.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,7 +88,12 @@ def save(
 
 
 def _read(folder: Path) -> dict[str, Any]:
-    data = (Path(folder) / RESUME).read_bytes()
+    return read_file(Path(folder) / RESUME)
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """A checkpoint file's payload (tensors and plain data only), after its checksum is checked."""
+    data = Path(path).read_bytes()
     digest, _, payload = data.partition(b"\n")
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise ValueError("its SHA-256 does not match its content")
@@ -126,6 +135,20 @@ def apply(state: dict[str, Any], model: torch.nn.Module, method: Any) -> None:
     """Weights and method state of the checkpoint; the RNG is set by the caller once the data is replayed."""
     model.load_state_dict(state["model"])
     restore(method, state["method"], model)
+
+
+def keep_before_divergence(folder: Path) -> int | None:
+    """Keep a diverged run's last checkpoint as BEFORE_DIVERGENCE; the step it holds, or None when
+    the run had none (it diverged before its first checkpoint) or it does not read back whole."""
+    path = Path(folder) / RESUME
+    try:
+        step = int(read_file(path)["step"]) if path.is_file() else None
+    except Exception as exc:  # noqa: BLE001
+        integrity.warning("unusable checkpoint %s (%s): not kept", path, excerpt(exc, 300))
+        step = None
+    if step is not None:
+        path.replace(Path(folder) / BEFORE_DIVERGENCE)
+    return step
 
 
 def discard(folder: Path) -> None:

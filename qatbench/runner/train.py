@@ -9,7 +9,8 @@ parent method and quantizes + calibrates the weights it has then, before update 
 
 A run that raises is recorded as `failed` with its error (traceback in error.log); a run whose
 loss stops being finite or rises far above its start is recorded as `diverged`
-(runner/divergence.py). Either way the sweep goes on.
+(runner/divergence.py), and keeps its last resumable checkpoint to be looked at (runner/resume.py).
+Either way the sweep goes on.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: st
         record["status"] = "done"
     except Diverged as exc:
         record.update(status="diverged", error=str(exc), diverged_step=exc.step, diverged_loss=exc.loss)
+        if (kept := resume.keep_before_divergence(folder)) is not None:
+            record["checkpoint_before_divergence"] = {"file": resume.BEFORE_DIVERGENCE, "step": kept}
     except Exception as exc:  # noqa: BLE001  (a run's failure is data, not a crash)
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0] + _hint(exc))
         with contextlib.suppress(OSError):  # a full disk: the record below says what failed
