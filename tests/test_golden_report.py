@@ -79,12 +79,24 @@ def _repo_with_results(tmp_path: Path) -> Path:
     return repo
 
 
-def test_leaderboard_is_written_with_its_provenance_and_check_passes(tmp_path):
-    repo = _repo_with_results(tmp_path)
-    # a local run beside the committed ones (a quickstart, an unfinished sweep) never reaches the leaderboard
-    shutil.copytree(GOLDEN / "results" / "golden" / "gfpq-W4A4-0-0", repo / "results" / "local" / "gfpq-local")
+@pytest.fixture(scope="module")
+def generated_repo(tmp_path_factory) -> Path:
+    """The golden repository with its leaderboard written once (figures are the slow part); each
+    test works on its own copy."""
+    repo = _repo_with_results(tmp_path_factory.mktemp("generated"))
     written = run_cli("report", "--leaderboard", cwd=repo)
     assert written.returncode == 0, written.stderr
+    return repo
+
+
+def _copy(generated_repo: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(generated_repo, tmp_path / "repo", symlinks=True))
+
+
+def test_leaderboard_is_written_with_its_provenance_and_check_passes(generated_repo, tmp_path):
+    repo = _copy(generated_repo, tmp_path)
+    # a local run beside the committed ones (a quickstart, an unfinished sweep) never reaches the leaderboard
+    shutil.copytree(GOLDEN / "results" / "golden" / "gfpq-W4A4-0-0", repo / "results" / "local" / "gfpq-local")
     md, tex = (repo / "reports" / "leaderboard.md").read_text(), (repo / "reports" / "leaderboard.tex").read_text()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout[:10]
     footer = [
@@ -115,9 +127,8 @@ def test_leaderboard_is_written_with_its_provenance_and_check_passes(tmp_path):
 
 
 @pytest.mark.parametrize("change", ["edit_leaderboard", "edit_record", "delete_leaderboard"])
-def test_check_fails_on_a_stale_leaderboard(tmp_path, change):
-    repo = _repo_with_results(tmp_path)
-    assert run_cli("report", "--leaderboard", cwd=repo).returncode == 0
+def test_check_fails_on_a_stale_leaderboard(generated_repo, tmp_path, change):
+    repo = _copy(generated_repo, tmp_path)
     board = repo / "reports" / "leaderboard.md"
     if change == "edit_leaderboard":
         board.write_text(board.read_text().replace("63.2 ± 1.1", "64.2 ± 1.1"))
@@ -136,11 +147,10 @@ def test_provenance_outside_git_says_so(tmp_path):
     assert leaderboard.provenance(tmp_path) == "no git history"
 
 
-def test_check_ignores_only_the_provenance_line(tmp_path):
+def test_check_ignores_only_the_provenance_line(generated_repo, tmp_path):
     """A leaderboard committed together with its records, a squash merge or a shallow clone moves the commit
     the footer names; that alone never makes it stale."""
-    repo = _repo_with_results(tmp_path)
-    assert run_cli("report", "--leaderboard", cwd=repo).returncode == 0
+    repo = _copy(generated_repo, tmp_path)
     board = repo / "reports" / "leaderboard.md"
     lines = board.read_text().splitlines()
     assert lines[-1].startswith("Records as of commit ")
