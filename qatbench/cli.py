@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from qatbench.errors import UserError, allowed_list, did_you_mean, excerpt
 
@@ -299,17 +300,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     committed = leaderboard.committed_records(records, results) if board else None
     grids = _suite_grids(root, set(committed["suite"]) if committed is not None and len(committed) else set())
 
+    built: dict[tuple[int, str], Any] = {}  # one build of the tables serves .md, .tex and the figures
+
+    def once(records, name: str, make):
+        if (id(records), name) not in built:
+            built[id(records), name] = make()
+        return built[id(records), name]
+
+    def figure_tables(records):
+        return once(records, "tables", lambda: _tables(args, records))
+
     def render(records, fmt):
         with_claims = claims if board else None
-        text = report.render(
-            records, fmt, args.selection, references=references, baseline=args.baseline, claims=with_claims
-        )
+        if records.empty or "status" not in records:
+            text = report.render(records, fmt)
+        else:
+            tables = once(
+                records,
+                "text",
+                lambda: report.report_tables(records, args.selection, references, args.baseline, with_claims),
+            )
+            text = report.format_report(tables, records, fmt)
         text += report.render_pending(*grids, records, fmt) if grids else ""
         text += report.render_regenerated(records, fmt)
         if board:
             from qatbench.report.figures import figure_folder, planned_figures
 
-            text += leaderboard.figure_links(planned_figures(_tables(args, records), records), figure_folder, fmt)
+            plan = once(records, "plan", lambda: planned_figures(figure_tables(records), records))
+            text += leaderboard.figure_links(plan, figure_folder, fmt)
         return text
 
     if args.claims and not board:
@@ -323,7 +341,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 1 if problems else 0
         try:
             paths = leaderboard.write(texts, out)
-            figures = leaderboard.write_figures(lambda folder: _draw_main_figures(args, committed, folder), out)
+            figures = leaderboard.write_figures(
+                lambda folder: _draw_main_figures(figure_tables(committed), committed, folder), out
+            )
         except OSError as exc:
             raise UserError(f"--out {out}: cannot write the leaderboard: {exc.strerror or exc}") from None
         print(f"wrote {', '.join(str(p) for p in paths)} and {len(figures)} figure files under {out / leaderboard.FIGURES}")
@@ -347,10 +367,10 @@ def _tables(args: argparse.Namespace, records):
     return report.build_tables(records, report.SELECTIONS[args.selection](), report.load_curves)
 
 
-def _draw_main_figures(args: argparse.Namespace, records, folder: Path) -> list[Path]:
+def _draw_main_figures(tables, records, folder: Path) -> list[Path]:
     from qatbench.report.figures import report_figures
 
-    return report_figures(_tables(args, records), records, folder, analysis=False)
+    return report_figures(tables, records, folder, analysis=False)
 
 
 def _suite_grids(root: Path | None, names: set[str]):

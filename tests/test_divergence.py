@@ -45,6 +45,7 @@ def test_a_diverged_run_keeps_its_last_checkpoint_from_before_the_loss_broke(tmp
     assert exploded["status"] == "diverged" and exploded["diverged_step"] == 2  # step 1's loss was finite
     assert exploded["checkpoint_before_divergence.file"] == resume.BEFORE_DIVERGENCE
     assert exploded["checkpoint_before_divergence.step"] == 1
+    assert exploded["environments"] == ["0", "15", "30", "45", "60", "75"] and exploded["num_classes"] == 10
     folder = store.run_dir(tmp_path / "results", "explode", exploded["run_id"])
     assert not (folder / resume.RESUME).exists()
     kept = resume.read_file(folder / resume.BEFORE_DIVERGENCE)  # checksum checked, weights_only

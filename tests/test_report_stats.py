@@ -4,6 +4,7 @@ here on its own, with the formula spelled out)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -513,6 +514,18 @@ def test_cells_of_runs_that_did_not_finish_say_why(tables):
     assert _text(table, ("qdrop", "W4A4"), ("I.D.", "0")) == "failed: RuntimeError: boom"
     assert _text(table, ("qdrop", "W4A4"), ("OOD", "Avg")) == "0: failed: RuntimeError: boom"
     assert _text(table, ("apot", "W4A4"), ("OOD", "0")) == "2 failed: ValueError: first"
+    assert _text(table, ("nipq", "W4A4"), ("OOD", "0")) == "diverged"
+
+
+def test_a_diverged_run_recorded_without_its_environments_takes_them_from_its_suites_other_runs(results: Path):
+    """Records the runner wrote before it kept a diverged run's dataset facts: the cell still says
+    why, instead of the run vanishing from the table (and its cell reading 'not run')."""
+    path = next(p for p in results.rglob("record.json") if json.loads(p.read_text())["run_id"] == "nipq-0")
+    record = json.loads(path.read_text())
+    del record["environments"]
+    path.write_text(json.dumps(record))
+    built = build_tables(report.load_records(results), TrainingDomainValidation(), report.load_curves)
+    table = {table.key[-1]: table for table in built}["W4A4"]
     assert _text(table, ("nipq", "W4A4"), ("OOD", "0")) == "diverged"
 
 

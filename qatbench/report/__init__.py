@@ -38,6 +38,7 @@ __all__ = [
     "build_tables",
     "claim_tables",
     "claims_text",
+    "format_report",
     "load_claims",
     "load_curves",
     "load_records",
@@ -45,6 +46,7 @@ __all__ = [
     "render",
     "render_claims",
     "render_pending",
+    "report_tables",
     "text_tables",
 ]
 
@@ -92,9 +94,27 @@ def render(
     _check_format(format)
     if records.empty or "status" not in records:
         return "No records found.\n"
+    return format_report(report_tables(records, selection, references, baseline, claims), records, format)
+
+
+def report_tables(
+    records: pd.DataFrame,
+    selection: str = "training_domain",
+    references: pd.DataFrame | None = None,
+    baseline: str | None = None,
+    claims: list[Claim] | None = None,
+) -> list[TextTable]:
+    """What `render` writes, before its format: built once, they serve both the Markdown and the
+    LaTeX leaderboard."""
     tables = text_tables(records, selection, references, baseline)
     if claims:
         tables += claims_text_tables(claim_tables(records, claims, selection))
+    return tables
+
+
+def format_report(tables: list[TextTable], records: pd.DataFrame, format: Format = "md") -> str:
+    """`report_tables` of `records` in Markdown or LaTeX, plus what is missing."""
+    _check_format(format)
     body = to_markdown(tables) if format == "md" else to_latex(tables)
     return body + _not_counted(records, format)
 

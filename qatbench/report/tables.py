@@ -70,6 +70,7 @@ def usable(records: pd.DataFrame) -> pd.DataFrame:
     """Records of any status that carry the keys a table needs, with `domain` added."""
     if records.empty or "status" not in records:
         return pd.DataFrame(columns=[*KEYS, "status", "domain"])
+    records = _environments_from_siblings(records)
     absent = [k for k in KEYS if k not in records]
     complete = records.dropna(subset=[k for k in KEYS if k in records]) if not absent else records.iloc[0:0]
     lacking = len(records) - len(complete)
@@ -79,6 +80,26 @@ def usable(records: pd.DataFrame) -> pd.DataFrame:
     complete = complete.drop_duplicates("run_id").copy()
     complete["domain"] = domain_names(complete) if len(complete) else []
     return complete
+
+
+def _environments_from_siblings(records: pd.DataFrame) -> pd.DataFrame:
+    """A diverged or failed run recorded before the runner kept its dataset's environments lacks them;
+    another run of the same suite and dataset names them, and its cell is then shown, not dropped. A
+    done run always had them: one without is a damaged record, left out."""
+    if not {"environments", "suite", "dataset"} <= set(records) or records["environments"].notna().all():
+        return records
+    unfinished = records["status"] != "done"
+    known: dict[tuple, list] = {}
+    for suite, dataset, environments in zip(records["suite"], records["dataset"], records["environments"]):
+        if isinstance(environments, list):
+            known.setdefault((suite, dataset), environments)
+    filled = [
+        known.get((suite, dataset)) if unfinished and not isinstance(environments, list) else environments
+        for suite, dataset, environments, unfinished in zip(
+            records["suite"], records["dataset"], records["environments"], unfinished
+        )
+    ]
+    return records.assign(environments=pd.Series(filled, index=records.index, dtype=object))
 
 
 def finished_runs(records: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple, list[str]]]:

@@ -76,17 +76,18 @@ def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: st
     started = time.time()
     record = describe(spec)
     record["started_at"] = now()
+    dataset_facts: dict[str, Any] = {}  # known once the data is read: a diverged or failed run keeps them too
     try:
         torch_device = resolve_device(device)
         record["device"] = str(torch_device)
         try:
-            trained = _train(spec, folder, results, data_root, torch_device, progress, checkpoint)
+            trained = _train(spec, folder, results, data_root, torch_device, progress, checkpoint, dataset_facts)
         except CheckpointUnusable as exc:  # it read back whole but does not fit: start over, never fail for it
             log.warning("run %s: checkpoint unusable (%s): removed; the run starts over", spec.run_id, exc)
             resume.discard(folder)
             (folder / store.CURVE).unlink(missing_ok=True)
             (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
-            trained = _train(spec, folder, results, data_root, torch_device, progress, None)
+            trained = _train(spec, folder, results, data_root, torch_device, progress, None, dataset_facts)
         record.update(trained)
         record["status"] = "done"
     except Diverged as exc:
@@ -98,6 +99,8 @@ def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: st
         with contextlib.suppress(OSError):  # a full disk: the record below says what failed
             (folder / store.ERROR_LOG).write_text(traceback.format_exc())
         log.warning("run %s failed: %s", spec.run_id, record["error"])
+    for key, value in dataset_facts.items():  # the tables place a diverged run in its domain's cell by them
+        record.setdefault(key, value)
     record["wall_time_s"] = round(time.time() - started, 3)
     record["finished_at"] = now()
     record = _write_record(folder, store.flatten(record))
@@ -219,9 +222,12 @@ def _train(
     device: torch.device,
     progress: bool,
     checkpoint: dict[str, Any] | None = None,
+    dataset_facts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     seed_everything(spec.seed)
     dataset = build_dataset(spec.dataset, data_root, spec.data_seed, dict(spec.dataset_options))
+    if dataset_facts is not None:
+        dataset_facts.update(environments=dataset.environments, num_classes=dataset.num_classes)
     splits = split_environments(dataset, spec.holdout_fraction, spec.data_seed)
     train_envs = dataset.train_envs(spec.test_envs)
     if not train_envs:
