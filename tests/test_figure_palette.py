@@ -91,3 +91,23 @@ def test_no_two_methods_of_a_leaderboard_sized_report_get_look_alike_colours():
     closest = min(np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[:i])
     assert closest >= 0.2, closest
     assert np.linalg.norm(np.array(palette.colour("eoq")) - np.array(palette.colour("sagm"))) >= 0.2
+
+
+def test_the_sharpness_figure_has_one_legend_beside_its_panels_clear_of_the_chance_line():
+    runs = pd.DataFrame(
+        {
+            "hessian.top_eigenvalue": [20.0, 25.0, 31.0, 40.0],
+            "hessian.trace": [200.0, 260.0, 300.0, 390.0],
+            "ood_acc": [0.7, 0.65, 0.6, 0.5],
+            "domain": ["0", "0", "1", "1"],
+            "bits": ["FP", "W4A4", "FP", "W4A4"],
+        }
+    )
+    fig = sharpness_vs_ood_figure(runs, "t", chance=10.0)
+    fig.canvas.draw()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and legends[0].axes is fig.axes[-1]
+    texts = [t.get_text() for t in legends[0].get_texts()]
+    assert "chance (10%)" in texts and "W4A4" in texts and "1" in texts  # bits, domains and chance
+    box = legends[0].get_window_extent()
+    assert all(box.x0 >= ax.get_window_extent().x1 for ax in fig.axes)  # outside every panel

@@ -185,7 +185,10 @@ def sharpness_vs_ood_figure(runs: pd.DataFrame, title: str, chance: float | None
         ax.set_title("\n".join(taus), fontsize=7)
         ax.set_xlabel(f"{SHARPNESS[measure]} (log scale)")
         ax.set_ylabel("OOD accuracy (%), final weights")
-        ax.legend(**LEGEND)
+        if ax is axes[-1]:  # one legend, beside the panels: inside, it covered points and the chance line
+            ax.legend(**LEGEND, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        elif ax.get_legend() is not None:
+            ax.get_legend().remove()
     fig.suptitle(title, fontsize=9)
     return fig
 
