@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from qatbench.report.claims import load_claims
 from qatbench.report.paired import detectable_effect, holm, kendall_detectable, paired, sign_flip_p
 from qatbench.report.parents import with_parent_differences
 from qatbench.report.sharpness_table import sharpness_tables
-from qatbench.report.verdicts import tau_b
+from qatbench.report.verdicts import tau_b, tau_interval
 from tests.conftest import ROOT, run_cli, write_run_folder
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -166,6 +167,16 @@ def test_vectorised_tau_b_agrees_with_scipy_ties_included():
     batch = tau_b(np.stack([x, y]), np.stack([y, x]))
     assert batch == pytest.approx([stats.kendalltau(x, y).statistic] * 2, abs=1e-12)
 
+
+def test_a_tau_interval_of_three_runs_is_the_finite_resamples_and_warns_nothing():
+    """Most resamples of 3 runs repeat a run (tau undefined); scipy warned of its own interval over
+    them, on the user's terminal at every `report`, though that interval is not the one used."""
+    x, y = np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low, high = tau_interval(x, y)
+    assert (low, high) == (-1.0, 1.0)  # resamples of 2 distinct runs give tau = +-1
+    assert tau_interval(np.array([1.0, 2.0]), np.array([5.0, 5.0])) == pytest.approx((np.nan, np.nan), nan_ok=True)
 
 # ----------------------------------------------------------------------------------------- 3. verdicts
 

@@ -22,6 +22,7 @@ percentile bootstrap CI over runs (Efron & Tibshirani 1993).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -239,11 +240,13 @@ def tau_b(x, y, axis: int = -1) -> np.ndarray:
 
 def tau_interval(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of tau-b, runs resampled with their (x, y) pairs; resamples without spread
-    (tau undefined) are left out."""
-    result = stats.bootstrap(
-        (x, y), tau_b, paired=True, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
-        confidence_level=level, rng=np.random.default_rng(BOOTSTRAP_SEED),
-    )  # fmt: skip
+    (tau undefined) are left out; scipy's own interval over them, which warns of them, is not used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            (x, y), tau_b, paired=True, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+            confidence_level=level, rng=np.random.default_rng(BOOTSTRAP_SEED),
+        )  # fmt: skip
     distribution = result.bootstrap_distribution[np.isfinite(result.bootstrap_distribution)]
     if not len(distribution):
         return math.nan, math.nan
