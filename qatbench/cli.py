@@ -300,12 +300,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     committed = leaderboard.committed_records(records, results) if board else None
     grids = _suite_grids(root, set(committed["suite"]) if committed is not None and len(committed) else set())
 
-    built: dict[tuple[int, str], Any] = {}  # one build of the tables serves .md, .tex and the figures
+    built: dict[str, tuple[Any, Any]] = {}  # one build of the tables serves .md, .tex and the figures
 
     def once(records, name: str, make):
-        if (id(records), name) not in built:
-            built[id(records), name] = make()
-        return built[id(records), name]
+        """`make()` once per records object (held, so its id is never another's)."""
+        if name not in built or built[name][0] is not records:
+            built[name] = (records, make())
+        return built[name][1]
 
     def figure_tables(records):
         return once(records, "tables", lambda: _tables(args, records))

@@ -178,6 +178,7 @@ def test_a_tau_interval_of_three_runs_is_the_finite_resamples_and_warns_nothing(
     assert (low, high) == (-1.0, 1.0)  # resamples of 2 distinct runs give tau = +-1
     assert tau_interval(np.array([1.0, 2.0]), np.array([5.0, 5.0])) == pytest.approx((np.nan, np.nan), nan_ok=True)
 
+
 # ----------------------------------------------------------------------------------------- 3. verdicts
 
 

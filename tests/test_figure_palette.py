@@ -111,3 +111,25 @@ def test_the_sharpness_figure_has_one_legend_beside_its_panels_clear_of_the_chan
     assert "chance (10%)" in texts and "W4A4" in texts and "1" in texts  # bits, domains and chance
     box = legends[0].get_window_extent()
     assert all(box.x0 >= ax.get_window_extent().x1 for ax in fig.axes)  # outside every panel
+
+
+def test_the_sharpness_legend_names_a_run_only_the_first_panel_can_draw_in_one_colour_throughout():
+    """A Hutchinson trace can come out <= 0 (not drawable on a log axis): that run's bits and domain
+    are still in the one legend, and every other bits keeps its colour from panel to panel."""
+    runs = pd.DataFrame(
+        {
+            "hessian.top_eigenvalue": [20.0, 25.0, 31.0, 40.0],
+            "hessian.trace": [200.0, 260.0, 300.0, -5.0],
+            "ood_acc": [0.7, 0.65, 0.6, 0.5],
+            "domain": ["0", "0", "1", "2"],
+            "bits": ["FP", "W4A4", "FP", "W2A2"],
+        }
+    )
+    fig = sharpness_vs_ood_figure(runs, "t", chance=10.0)
+    legend = fig.axes[-1].get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert {"FP", "W4A4", "W2A2", "0", "1", "2"} <= set(texts)
+    first, last = (ax.collections[0] for ax in fig.axes)
+    assert len(first.get_offsets()) == 4 and len(last.get_offsets()) == 3
+    colours = [np.round(c.get_facecolors()[:3], 3).tolist() for c in (first, last)]  # FP, W4A4, FP in both
+    assert colours[0] == colours[1]

@@ -116,6 +116,22 @@ def test_a_checkpoint_of_another_run_or_version_is_not_used(tmp_path, caplog, mo
     assert resume.load(folder, "run-a") is None and not (folder / resume.RESUME).exists()
 
 
+def test_a_diverged_run_keeps_only_its_own_checkpoint_from_before_the_diverged_step(tmp_path, caplog):
+    folder = tmp_path / "run"
+    resume.save(folder, 7, torch.nn.Linear(2, 2), object(), [0.1], "run-a")
+    assert resume.keep_before_divergence(folder, "run-b", 9) is None and "of run run-a" in caplog.text
+    assert resume.keep_before_divergence(folder, "run-a", 7) is None  # an earlier attempt's, from a later step
+    data = bytearray((folder / resume.RESUME).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / resume.RESUME).write_bytes(bytes(data))
+    assert resume.keep_before_divergence(folder, "run-a", 9) is None and "SHA-256" in caplog.text
+    assert not (folder / resume.BEFORE_DIVERGENCE).exists()
+    resume.save(folder, 7, torch.nn.Linear(2, 2), object(), [0.1], "run-a")
+    assert resume.keep_before_divergence(folder, "run-a", 8) == 7
+    assert resume.read_file(folder / resume.BEFORE_DIVERGENCE)["step"] == 7 and not (folder / resume.RESUME).exists()
+    assert resume.keep_before_divergence(tmp_path / "none", "run-a", 8) is None  # diverged before any checkpoint
+
+
 def test_a_checkpoint_that_does_not_fit_restarts_the_run_instead_of_failing_it(tmp_path, monkeypatch, caplog):
     suite = _suite(tmp_path, "erm")
     straight = _run(suite, tmp_path / "straight")["erm"]

@@ -167,11 +167,14 @@ def sharpness_vs_ood_figure(runs: pd.DataFrame, title: str, chance: float | None
     measures = [m for m in SHARPNESS if m in runs and runs[m].notna().any()]
     fig = Figure(figsize=(4.4 * len(measures), 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(measures)))
+    # every panel maps every bits and domain of the runs, also those it cannot draw (a trace <= 0 on a
+    # log axis): the same colour and marker in each panel, and the last panel's legend names them all
+    orders = {"hue_order": list(runs["bits"].unique()), "style_order": list(runs["domain"].unique())}
     for ax, measure in zip(axes, measures):
         data = runs.assign(ood=runs["ood_acc"] * 100, x=runs[measure])
         data = data[data["x"] > 0]  # a log axis: non-positive sharpness (a saddle) cannot be drawn
-        style = "domain" if data["domain"].nunique() > 1 else None
-        sns.scatterplot(data=data, x="x", y="ood", hue="bits", style=style, ax=ax, s=16, palette="colorblind")
+        style = "domain" if runs["domain"].nunique() > 1 else None
+        sns.scatterplot(data=data, x="x", y="ood", hue="bits", style=style, ax=ax, s=16, palette="colorblind", **orders)
         ax.set_xscale("log")
         _log_ticks(ax, data["x"])
         _chance_line(ax, chance)

@@ -84,22 +84,27 @@ def usable(records: pd.DataFrame) -> pd.DataFrame:
 
 def _environments_from_siblings(records: pd.DataFrame) -> pd.DataFrame:
     """A diverged or failed run recorded before the runner kept its dataset's environments lacks them;
-    another run of the same suite and dataset names them, and its cell is then shown, not dropped. A
-    done run always had them: one without is a damaged record, left out."""
-    if not {"environments", "suite", "dataset"} <= set(records) or records["environments"].notna().all():
+    another run of the same suite, dataset and dataset options names them (when they cover its test
+    domains), and its cell is then shown, not dropped. A done run always had them: one without is a
+    damaged record, left out."""
+    if not {"environments", "suite", "dataset", "status", "test_envs"} <= set(records):
         return records
-    unfinished = records["status"] != "done"
-    known: dict[tuple, list] = {}
-    for suite, dataset, environments in zip(records["suite"], records["dataset"], records["environments"]):
+    if records["environments"].notna().all():
+        return records
+    options = sorted(c for c in records if c.startswith("dataset_options."))
+    key = records[["suite", "dataset", *options]].astype(str).agg("|".join, axis=1)
+    known: dict[str, list] = {}
+    for k, environments in zip(key, records["environments"]):
         if isinstance(environments, list):
-            known.setdefault((suite, dataset), environments)
-    filled = [
-        known.get((suite, dataset)) if unfinished and not isinstance(environments, list) else environments
-        for suite, dataset, environments, unfinished in zip(
-            records["suite"], records["dataset"], records["environments"], unfinished
-        )
-    ]
-    return records.assign(environments=pd.Series(filled, index=records.index, dtype=object))
+            known.setdefault(k, environments)
+
+    def filled(k: str, environments, status: str, test_envs) -> object:
+        borrowed = known.get(k) if status != "done" and not isinstance(environments, list) else None
+        covers = borrowed is not None and isinstance(test_envs, list) and all(0 <= t < len(borrowed) for t in test_envs)
+        return borrowed if covers else environments
+
+    column = [filled(*row) for row in zip(key, records["environments"], records["status"], records["test_envs"])]
+    return records.assign(environments=pd.Series(column, index=records.index, dtype=object))
 
 
 def finished_runs(records: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple, list[str]]]:

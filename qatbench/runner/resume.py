@@ -4,9 +4,9 @@ versions that wrote it), written atomically in one file, so no crash can leave a
 checksum that disagree. A checkpoint that does not match its checksum (a disk that filled up, a copy
 cut short), belongs to another run or version, or cannot be applied, is reported, removed, and the
 run starts over instead of failing; the finished run removes it, except a diverged run, which keeps
-its last checkpoint as `before_divergence.pt` (the weights of the last checkpointed step, from before
-its loss stopped being finite) so that what went wrong can be looked at; nothing in qatbench reads it
-back (`read_file` does, for a user).
+its last checkpoint as `before_divergence.pt` (the last checkpointed step k before the diverged
+one, with the weights update k + 1 started from) so that what went wrong can be looked at; nothing in
+qatbench reads it back (`read_file` does, for a user).
 
 The payload holds tensors and plain data only (numpy's RNG state travels as a tensor), and is read
 with `torch.load(weights_only=True)`, whose unpickler admits nothing else: the SHA-256 line is a
@@ -137,18 +137,23 @@ def apply(state: dict[str, Any], model: torch.nn.Module, method: Any) -> None:
     restore(method, state["method"], model)
 
 
-def keep_before_divergence(folder: Path) -> int | None:
-    """Keep a diverged run's last checkpoint as BEFORE_DIVERGENCE; the step it holds, or None when
-    the run had none (it diverged before its first checkpoint) or it does not read back whole."""
+def keep_before_divergence(folder: Path, run_id: str, diverged_step: int) -> int | None:
+    """Keep a diverged run's last checkpoint as BEFORE_DIVERGENCE; the step k it holds (k < the
+    diverged step: its weights are the ones update k + 1 started from), or None when the run had
+    none this time (it diverged before its first checkpoint), or it is another run's, a later
+    step's (left by an earlier attempt) or unreadable."""
     path = Path(folder) / RESUME
+    if not path.is_file():
+        return None
     try:
-        step = int(read_file(path)["step"]) if path.is_file() else None
-    except Exception as exc:  # noqa: BLE001
-        integrity.warning("unusable checkpoint %s (%s): not kept", path, excerpt(exc, 300))
-        step = None
-    if step is not None:
+        state = read_file(path)
+        if state.get("run_id") != run_id or not int(state["step"]) < diverged_step:
+            raise ValueError(f"it holds step {state.get('step')} of run {state.get('run_id')}")
         path.replace(Path(folder) / BEFORE_DIVERGENCE)
-    return step
+        return int(state["step"])
+    except Exception as exc:  # noqa: BLE001  (a diverged run's record is written whatever this file is)
+        integrity.warning("checkpoint %s not kept for the diverged run (%s)", path, excerpt(exc, 300))
+        return None
 
 
 def discard(folder: Path) -> None:

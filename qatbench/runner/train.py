@@ -73,6 +73,7 @@ def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: st
         (folder / store.FLOAT_CURVE).unlink(missing_ok=True)
     (folder / store.ERROR_LOG).unlink(missing_ok=True)
     (folder / regenerate.NOTE).unlink(missing_ok=True)  # it describes weights this run replaces
+    (folder / resume.BEFORE_DIVERGENCE).unlink(missing_ok=True)  # an earlier attempt's
     started = time.time()
     record = describe(spec)
     record["started_at"] = now()
@@ -92,7 +93,7 @@ def _run_one(spec: RunSpec, results: Path, *, data_root: Path | None, device: st
         record["status"] = "done"
     except Diverged as exc:
         record.update(status="diverged", error=str(exc), diverged_step=exc.step, diverged_loss=exc.loss)
-        if (kept := resume.keep_before_divergence(folder)) is not None:
+        if (kept := resume.keep_before_divergence(folder, spec.run_id, exc.step)) is not None:
             record["checkpoint_before_divergence"] = {"file": resume.BEFORE_DIVERGENCE, "step": kept}
     except Exception as exc:  # noqa: BLE001  (a run's failure is data, not a crash)
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0] + _hint(exc))
