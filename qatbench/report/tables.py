@@ -92,7 +92,7 @@ def _environments_from_siblings(records: pd.DataFrame) -> pd.DataFrame:
     if records["environments"].notna().all():
         return records
     options = sorted(c for c in records if c.startswith("dataset_options."))
-    key = records[["suite", "dataset", *options]].astype(str).agg("|".join, axis=1)
+    key = [repr(row) for row in records[["suite", "dataset", *options]].itertuples(index=False, name=None)]
     known: dict[str, list] = {}
     for k, environments in zip(key, records["environments"]):
         if isinstance(environments, list):
