@@ -178,6 +178,11 @@ training: {{steps: 2}}
             "model 'efficientnet_lite0': images of 28x28 px are too small; EfficientNet-Lite downsamples 32 times",
         ),
         ("RotatedMNIST", "{name: small_cnn, options: {pretrained: true}}", "unknown option 'pretrained'"),
+        (
+            "RotatedMNIST",
+            "{name: efficientnet_lite0, options: {input_size: 16}}",
+            "model 'efficientnet_lite0': input_size is 16; allowed: an integer of at least 32 (px)",
+        ),
     ],
 )
 def test_bad_model_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, dataset, model, message):
@@ -197,3 +202,18 @@ def test_an_image_size_lite0_cannot_take_fails_in_a_fresh_cli_process(tmp_path):
     done = run_cli("run", str(suite), "--results", str(results))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "needs at least 32x32" in done.stderr and not results.exists()
+
+
+def test_input_size_upsamples_small_images_inside_the_network():
+    """PACS-64 seen at 224 px: a 28 px image goes through as its bilinear upsampling to 64 px would,
+    and an image already at input_size goes through untouched."""
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", (1, 28, 28), 10, {"input_size": 64}).eval()
+    small = torch.rand(2, 1, 28, 28)
+    upsampled = torch.nn.functional.interpolate(small, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(model(small), model(upsampled), atol=1e-6)
+        plain = build_model("efficientnet_lite0", (1, 64, 64), 10, {}).eval()
+        plain.load_state_dict(model.state_dict())
+        assert torch.allclose(plain(upsampled), model(upsampled), atol=1e-6)
+        assert not torch.allclose(plain(upsampled), model(upsampled.flip(-1)), atol=1e-3)

@@ -235,15 +235,23 @@ def test_a_killed_switch_at_run_resumes_to_the_uninterrupted_numbers(tmp_path, m
     assert _same(*(torch.load(f / store.MODEL, weights_only=False) for f in folders))  # bit for bit
 
 
-def test_the_lite0_suites_run_each_protocol_once_per_domain_and_seed():
+def test_the_gpu_lite0_suite_quantizes_from_the_imagenet_weights_with_lsq_s_other_protocols_as_rows():
+    """suites/pacs_lite0_full.yaml: GAQAT's protocol for every quantized entry that can take it, the
+    FP-parent protocol and QT-DoG's switch as lsq's rows, the distilling methods from the erm run."""
     specs = api.expand(api.load_suite(ROOT / "suites" / "pacs_lite0_full.yaml"))
-    assert len(specs) == 48
-    labels = {s.label: s for s in specs if s.seed == 0 and s.test_envs == (3,)}
-    assert labels["lsq"].parent.run_id == labels["erm"].run_id
-    assert labels["lsq_from_pretrained"].parent is None
-    switch = next(s for label, s in labels.items() if label.startswith("lsq_switch_at"))
-    assert switch.parent is None and switch.protocol.fp_hparams == dict(labels["erm"].hparams)
+    assert len(specs) == 284
+    labels = {(s.label, s.bits_label): s for s in specs if s.seed == 0 and s.test_envs == (3,)}
+    for label in ("lsq", "lsq_sagm", "gaqat", "fqat"):
+        for bits in ("W4A4", "W3A3"):
+            assert labels[label, bits].protocol.name == "from_pretrained" and labels[label, bits].parent is None
+    erm = labels["erm", "FP"]
+    assert labels["lsq_from_fp", "W4A4"].parent.run_id == erm.run_id
+    assert {labels[m, "W4A4"].parent.run_id for m in ("fpq", "kd", "cr", "mec")} == {erm.run_id}
+    switch = labels["lsq_switch_at_2000", "W4A4"]
+    assert switch.parent is None and switch.protocol.fp_hparams == dict(erm.hparams)
     assert {s.quant.depthwise_per_channel for s in specs if s.quant} == {True}
+    assert erm.steps == 5000 and dict(erm.model_options)["input_size"] == 224
+    assert dict(erm.dataset_options) == {"folder": "PACS-64", "image_size": 64}
 
 
 def test_the_pacs_grid_is_the_issue_s_grid():
