@@ -153,19 +153,19 @@ def test_eval_of_a_plain_state_dict_with_named_architecture(analysed, tmp_path):
     assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("*/*/record.json"))
 
 
-def test_analyze_refuses_a_subset_larger_than_the_data_and_writes_nothing(analysed, tmp_path):
+def test_analyze_refuses_a_subset_larger_than_the_data_and_writes_nothing(analysed, tmp_path, capsys):
     results = tmp_path / "results"
     shutil.copytree(analysed / "results", results)
     run = next(iter(_records(results).values()))
     folder = results / "tiny" / run["run_id"]
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    out = run_cli("analyze", str(folder), "--set", "analysis.subset=1000000")
-    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "1000000 examples is asked" in out.stderr and "holds" in out.stderr
+    assert main(["analyze", str(folder), "--set", "analysis.subset=1000000"]) == 2  # in process: main, as the CLI
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1000000 examples is asked" in err and "holds" in err, err
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
-def test_analyze_refuses_a_non_finite_loss_and_writes_nothing(analysed, tmp_path):
+def test_analyze_refuses_a_non_finite_loss_and_writes_nothing(analysed, tmp_path, capsys):
     results = tmp_path / "results"
     shutil.copytree(analysed / "results", results)
     run = _records(results)[("erm", 0)]
@@ -174,9 +174,9 @@ def test_analyze_refuses_a_non_finite_loss_and_writes_nothing(analysed, tmp_path
     state = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v) for k, v in state.items()}
     torch.save(state, folder / "model.pt")
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    out = run_cli("analyze", str(folder))
-    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "not finite" in out.stderr and "nothing was analysed" in out.stderr
+    assert main(["analyze", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not finite" in err and "nothing was analysed" in err, err
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 

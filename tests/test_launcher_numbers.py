@@ -1,11 +1,13 @@
 """A run id means one set of numbers on CPU whatever launches it: every run sets its own torch
-thread count (`training.threads`), so `run`, `--workers 2`, and a `--workers` sweep killed with
-kill -9 and finished by a plain `run` all write the same numbers."""
+thread count (`training.threads`), so `run`, `--workers 2`, Slurm array tasks, and a `--workers`
+sweep killed with kill -9 and finished by a plain `run` all write the same numbers, each run
+trained by exactly one worker. The plain runs are the reference, trained in this process once."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import time
 
 import pytest
 
+from qatbench.cli import main
 from qatbench.runner import resume, store
 from tests.conftest import ROOT, run_cli, write_suite
 
@@ -43,16 +46,40 @@ def numbers(results) -> dict[str, dict[str, float]]:
     return found
 
 
-def test_workers_and_a_plain_run_write_the_same_numbers(tmp_path):
+def plain_run(suite, results) -> dict[str, dict[str, float]]:
+    """The suite trained by a plain `run` in this process: the numbers every launcher must write."""
+    assert main(["run", str(suite), "--results", str(results), "--quiet"]) == 0
+    return numbers(results)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> dict[str, dict[str, float]]:
+    folder = tmp_path_factory.mktemp("plain")
+    return plain_run(write_suite(folder, SUITE), folder / "results")
+
+
+def trained_once_each(out: str, runs: int, results) -> None:
+    """The sweep's summary and its records: every run trained by exactly one of the two workers."""
+    summary = rf"{runs} runs: {runs} done \(0 already finished, skipped\); trained by 2 workers: (\d+) \+ (\d+)"
+    match = re.search(summary, out)
+    assert match and int(match[1]) + int(match[2]) == runs, out
+    records = [json.loads(p.read_text()) for p in results.rglob(store.RECORD)]
+    assert len(records) == runs == len({r["run_id"] for r in records}) and {r["status"] for r in records} == {"done"}
+
+
+def test_workers_and_a_plain_run_write_the_same_numbers(tmp_path, plain, capsys):
     suite = write_suite(tmp_path, SUITE)
-    plain = run_cli("run", str(suite), "--results", str(tmp_path / "plain"))
     workers = run_cli("run", str(suite), "--results", str(tmp_path / "workers"), "--workers", "2")
-    assert plain.returncode == 0 and workers.returncode == 0, plain.stderr + workers.stderr
-    ours, theirs = numbers(tmp_path / "workers"), numbers(tmp_path / "plain")
-    assert len(ours) == 2 and ours.keys() == theirs.keys()
-    for run_id, record in theirs.items():
+    assert workers.returncode == 0, workers.stderr
+    trained_once_each(workers.stdout, 2, tmp_path / "workers")
+    ours = numbers(tmp_path / "workers")
+    assert len(ours) == 2 and ours.keys() == plain.keys()
+    for run_id, record in plain.items():
         assert record["threads"] == 1 and any(k.endswith("_acc") for k in record)
         assert ours[run_id] == record  # every accuracy, loss and count, bit for bit
+    assert main(["run", str(suite), "--results", str(tmp_path / "workers"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--workers" in err, err
 
 
 @pytest.mark.slow
@@ -70,10 +97,10 @@ def test_a_killed_workers_sweep_finished_by_a_plain_run_has_the_uninterrupted_nu
     sweep.wait()
     assert not list((tmp_path / "killed").rglob(store.RECORD))  # killed mid-run, before any finished
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    straight = run_cli("run", str(suite), "--results", str(tmp_path / "straight"))
-    assert finished.returncode == 0 and straight.returncode == 0, finished.stderr + straight.stderr
-    ours, theirs = numbers(tmp_path / "killed"), numbers(tmp_path / "straight")
-    assert len(ours) == 2 and ours.keys() == theirs.keys()
+    assert finished.returncode == 0, finished.stderr
+    ours, theirs = numbers(tmp_path / "killed"), plain_run(suite, tmp_path / "straight")
+    assert len(ours) == 2 and ours.keys() == theirs.keys()  # none lost, none twice
+    assert {json.loads(p.read_text())["status"] for p in (tmp_path / "killed").rglob(store.RECORD)} == {"done"}
     assert any(record.get("resumed_from_step") for record in ours.values())  # it went on from a checkpoint
     for run_id, record in theirs.items():
         ours[run_id].pop("resumed_from_step", None)
@@ -81,14 +108,15 @@ def test_a_killed_workers_sweep_finished_by_a_plain_run_has_the_uninterrupted_nu
 
 
 @pytest.mark.slow
-def test_slurm_array_tasks_and_a_plain_run_write_the_same_numbers(tmp_path):
+def test_slurm_array_tasks_and_a_plain_run_write_the_same_numbers(tmp_path, plain, capsys):
     suite = write_suite(tmp_path, SUITE + "slurm: {cluster: local, tasks: 2, cpus_per_task: 1, gpus_per_task: 0}\n")
-    plain = run_cli("run", str(suite), "--results", str(tmp_path / "plain"))
     slurm = run_cli("run", str(suite), "--results", str(tmp_path / "slurm"), "--launcher", "slurm")
-    assert plain.returncode == 0 and slurm.returncode == 0, plain.stderr + slurm.stderr
-    assert "trained by 2 workers" in slurm.stdout  # submitit's local executor ran the array's two tasks
-    ours, theirs = numbers(tmp_path / "slurm"), numbers(tmp_path / "plain")
-    assert len(ours) == 2 and ours == theirs
+    assert slurm.returncode == 0, slurm.stderr
+    trained_once_each(slurm.stdout, 2, tmp_path / "slurm")  # submitit's local executor ran the array's two tasks
+    assert list((tmp_path / "slurm" / "launch" / ".slurm").iterdir())  # submitit's job folders: the real path
+    assert numbers(tmp_path / "slurm") == plain
+    assert main(["run", str(suite), "--results", str(tmp_path / "slurm"), "--launcher", "pbs"]) == 2
+    assert "--launcher: unknown launcher 'pbs'; allowed: local, slurm" in capsys.readouterr().err
 
 
 def test_sigterm_to_a_workers_sweep_stops_its_workers_too(tmp_path):

@@ -4,18 +4,11 @@ checkpoint is detected by its checksum and the run starts over."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 
 from qatbench.runner import api, resume, store
-from tests.conftest import ROOT, write_suite
+from tests.conftest import write_suite
 
 SUITE = """\
 name: resume
@@ -150,43 +143,3 @@ def test_a_checkpoint_that_does_not_fit_restarts_the_run_instead_of_failing_it(t
     assert again["status"] == "done" and again["resumed_from_step"] is None  # started over, not failed
     assert "checkpoint unusable (AttributeError: renamed attribute)" in caplog.text
     assert again["ood_acc"] == straight["ood_acc"]
-
-
-@pytest.mark.slow
-def test_kill_minus_9_mid_sweep_then_rerun_loses_and_duplicates_nothing(tmp_path):
-    suite = write_suite(
-        tmp_path,
-        SUITE.format(extra="  - {name: lsq, steps: 400}\n")
-        .replace("steps: 16, batch_size", "steps: 400, batch_size")
-        .replace("eval_every: 4,", "eval_every: 100,")
-        .replace("checkpoint_every: 4", "checkpoint_every: 100"),
-    )
-    env = {**os.environ, "QATBENCH_QUIET": "1", "OMP_NUM_THREADS": "1"}  # one thread count for every process
-
-    def command(results: str) -> list[str]:
-        return [sys.executable, "-m", "qatbench.cli", "run", str(suite), "--results", str(tmp_path / results)]
-
-    proc = subprocess.Popen(command("killed"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not list((tmp_path / "killed").rglob(resume.RESUME)) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    rerun = subprocess.run(command("killed"), cwd=ROOT, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
-    straight = subprocess.run(command("straight"), cwd=ROOT, env=env, capture_output=True, text=True)
-    killed = {
-        json.loads(p.read_text())["run_id"]: json.loads(p.read_text())
-        for p in (tmp_path / "killed").rglob(store.RECORD)
-    }
-    clean = {
-        json.loads(p.read_text())["run_id"]: json.loads(p.read_text())
-        for p in (tmp_path / "straight").rglob(store.RECORD)
-    }
-    assert straight.returncode == 0 and killed.keys() == clean.keys() and len(killed) == 2  # none lost, none twice
-    assert any(r.get("resumed_from_step") for r in killed.values())  # the kill landed mid-run
-    for run_id, record in clean.items():
-        assert killed[run_id]["status"] == "done"
-        assert {k: v for k, v in killed[run_id].items() if k.endswith("_acc")} == {
-            k: v for k, v in record.items() if k.endswith("_acc")
-        }

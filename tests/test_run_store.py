@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from qatbench.cli import main
 from qatbench.runner import store
 from tests.conftest import ROOT, TINY_SUITE, run_cli, write_suite
 
@@ -75,7 +76,7 @@ def _trained(stdout: str) -> tuple[int, int, int]:
 
 
 @pytest.mark.slow
-def test_two_concurrent_runs_of_one_suite_train_each_run_exactly_once(tmp_path):
+def test_two_concurrent_runs_of_one_suite_train_each_run_exactly_once(tmp_path, capsys):
     suite = write_suite(tmp_path, TINY_SUITE)
     results = tmp_path / "results"
     env = {**os.environ, "QATBENCH_QUIET": "1", "OMP_NUM_THREADS": "1"}
@@ -87,14 +88,15 @@ def test_two_concurrent_runs_of_one_suite_train_each_run_exactly_once(tmp_path):
     assert sum(trained) == 4, outputs  # 2 erm + 2 lsq, each trained by exactly one of the two
     records = [json.loads(p.read_text()) for p in results.rglob(store.RECORD)]
     assert len(records) == 4 and {r["status"] for r in records} == {"done"}
-    rerun = run_cli("run", str(suite), "--results", str(results))
-    assert _trained(rerun.stdout) == (0, 4, 0)  # nothing left to do, nothing trained twice
+    assert main(["run", str(suite), "--results", str(results), "--quiet"]) == 0
+    assert _trained(capsys.readouterr().out) == (0, 4, 0)  # nothing left to do, nothing trained twice
 
 
-def test_status_counts_and_clean_removes_only_dead_partial_runs(tmp_path):
+def test_status_counts_and_clean_removes_only_dead_partial_runs(tmp_path, capsys):
     suite = write_suite(tmp_path, TINY_SUITE)
     results = tmp_path / "results"
-    listing = run_cli("run", str(suite), "--results", str(results), "--dry-run").stdout.splitlines()
+    assert main(["run", str(suite), "--results", str(results), "--dry-run"]) == 0  # in process; the holder is not
+    listing = capsys.readouterr().out.splitlines()
     run_ids = [line.split()[0] for line in listing if line.split()[1:2] == ["pending"]]
     assert len(run_ids) == 4
     done, dead, failed, running = (results / "tiny" / run_id for run_id in run_ids)
@@ -103,13 +105,12 @@ def test_status_counts_and_clean_removes_only_dead_partial_runs(tmp_path):
     store.write_json(failed / store.RECORD, {"run_id": run_ids[2], "status": "failed", "error": "boom"})
     holder = _holder(running)
     try:
-        status = run_cli("status", str(suite), "--results", str(results))
-        assert status.returncode == 0, status.stderr
-        assert "4 runs: 1 done, 0 diverged, 1 failed, 1 running, 1 dead, 0 pending" in status.stdout
-        assert "ETA for the 2 left: 1 min (one worker)" in status.stdout  # 2 x 8 s, by the measured run
-        cleaned = run_cli("clean", str(suite), "--incomplete", "--results", str(results))
-        assert cleaned.returncode == 0, cleaned.stderr
-        assert "1 dead partial run(s) of suite 'tiny' removed" in cleaned.stdout
+        assert main(["status", str(suite), "--results", str(results)]) == 0
+        status = capsys.readouterr().out
+        assert "4 runs: 1 done, 0 diverged, 1 failed, 1 running, 1 dead, 0 pending" in status
+        assert "ETA for the 2 left: 1 min (one worker)" in status  # 2 x 8 s, by the measured run
+        assert main(["clean", str(suite), "--incomplete", "--results", str(results)]) == 0
+        assert "1 dead partial run(s) of suite 'tiny' removed" in capsys.readouterr().out
         assert not (dead / store.CURVE).exists() and store.state(dead) == "pending"  # its lock file stays
         assert done.is_dir() and failed.is_dir() and running.is_dir()
     finally:
@@ -135,41 +136,6 @@ def test_out_of_memory_is_a_failed_record_with_a_hint_and_the_sweep_goes_on(tmp_
     record = store.read_record(tmp_path / "results" / "tiny" / calls[0])
     assert record["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" + train.OOM_HINT
     assert "Traceback" in (tmp_path / "results" / "tiny" / calls[0] / store.ERROR_LOG).read_text()
-
-
-@pytest.mark.slow
-def test_local_workers_share_a_sweep_and_train_each_run_once(tmp_path):
-    suite = write_suite(tmp_path, TINY_SUITE.replace("seeds: [0]", "seeds: [0, 1]"))  # 8 runs
-    results = tmp_path / "results"
-    out = run_cli("run", str(suite), "--results", str(results), "--workers", "2", timeout=900)
-    assert out.returncode == 0, out.stderr
-    match = re.search(
-        r"8 runs: 8 done \(0 already finished, skipped\); trained by 2 workers: (\d+) \+ (\d+)", out.stdout
-    )
-    assert match, out.stdout
-    assert int(match[1]) + int(match[2]) == 8  # every run by exactly one worker
-    records = [json.loads(p.read_text()) for p in results.rglob(store.RECORD)]
-    assert sorted(r["run_id"] for r in records) == sorted({r["run_id"] for r in records}) and len(records) == 8
-    bad = run_cli("run", str(suite), "--results", str(results), "--workers", "0")
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--workers" in bad.stderr
-
-
-@pytest.mark.slow
-def test_slurm_launcher_through_submitits_local_executor_trains_each_run_once(tmp_path):
-    suite = write_suite(
-        tmp_path,
-        TINY_SUITE + "slurm: {cluster: local, tasks: 2, cpus_per_task: 1, gpus_per_task: 0, timeout_min: 20}\n",
-    )
-    results = tmp_path / "results"
-    out = run_cli("run", str(suite), "--results", str(results), "--launcher", "slurm", timeout=900)
-    assert out.returncode == 0, out.stderr
-    match = re.search(
-        r"4 runs: 4 done \(0 already finished, skipped\); trained by 2 workers: (\d+) \+ (\d+)", out.stdout
-    )
-    assert match and int(match[1]) + int(match[2]) == 4, out.stdout
-    assert list((results / "tiny" / ".slurm").iterdir())  # submitit's job folders: the real submission path
-    bad = run_cli("run", str(suite), "--results", str(results), "--launcher", "pbs")
-    assert bad.returncode == 2 and "--launcher: unknown launcher 'pbs'; allowed: local, slurm" in bad.stderr
 
 
 def test_a_corrupt_record_is_reported_and_its_run_counts_as_unfinished(tmp_path, caplog):
