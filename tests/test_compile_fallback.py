@@ -58,3 +58,28 @@ def test_other_errors_of_the_first_step_are_not_swallowed():
         assert str(exc) == "a bug in the method"
     else:
         raise AssertionError("the method's own error was swallowed")
+
+
+class TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return self.second(self.first(x)).mean()
+
+
+def test_a_run_compiled_after_another_in_one_process_runs_its_own_hooks():
+    """A sweep's second run (fpq's capture hooks) must not reuse the first run's compiled graph,
+    which dynamo would serve without its hooks; the backend is dynamo's eager one, to stay quick."""
+    from qatbench.runner.compiled import compile_in_place
+
+    x = torch.randn(2, 3, 8, 8)
+    earlier = TwoConvs()
+    compile_in_place(earlier, backend="eager")
+    earlier(x)
+    later, seen = TwoConvs(), []
+    later.first.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    compile_in_place(later, backend="eager")
+    later(x)
+    assert seen == [torch.Size([2, 4, 6, 6])]

@@ -24,6 +24,7 @@ from qatbench.config import RunSpec
 from qatbench.methods import METHODS
 from qatbench.methods.base import Method
 from qatbench.quant import calibrate, quantize_model
+from qatbench.runner.compiled import compile_in_place
 
 
 def float_method(spec: RunSpec, model: nn.Module, num_classes: int) -> Method:
@@ -47,6 +48,6 @@ def switch(
         quantized, num_classes, spec.hparams, quant=spec.quant, total_steps=spec.steps - spec.protocol.switch_at
     )
     if compiled:
-        quantized.compile()
+        compile_in_place(quantized)
     method.train()
     return method

@@ -33,7 +33,6 @@ import torch
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
-from qatbench.version import __version__
 from qatbench.config import RunSpec
 from qatbench.data import build_dataset, data_provenance, infinite_batches, split_environments
 from qatbench.data.loaders import take
@@ -43,10 +42,12 @@ from qatbench.models import build_model
 from qatbench.quant import calibrate, quantize_model
 from qatbench.runner import protocols, regenerate, resume, store
 from qatbench.runner.analyze import analyze_run, load_weights, needs_analysis
+from qatbench.runner.compiled import compile_in_place
 from qatbench.runner.divergence import Diverged, DivergenceMonitor
 from qatbench.runner.ensemble import member_models
 from qatbench.runner.evaluate import evaluate
 from qatbench.runner.threads import intra_op_threads
+from qatbench.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def _train(
         resume.set_rng_state(checkpoint["rng"])
     compiled = should_compile(spec, device) and method_class.compilable and type(method).compilable
     if compiled:
-        model.compile()  # in place: the module, its names and its state_dict stay as they are
+        compile_in_place(model)  # in place: the module, its names and its state_dict stay as they are
     method.train()
     first_compiled_step = start + 1
 
