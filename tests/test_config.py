@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -261,3 +262,19 @@ def test_a_parent_with_its_own_hparams_is_a_separate_fp_run(tmp_path):
     lsq = next(s for s in specs if s.method == "lsq")
     fp_lrs = sorted(s.hparams["lr"] for s in specs if s.method == "erm")
     assert len(specs) == 3 and lsq.parent.hparams["lr"] == 0.01 and fp_lrs == [5e-5, 0.01]
+
+
+def test_every_committed_record_is_a_run_of_its_suite_as_the_suite_reads_now():
+    """A change that moves run ids (a new option entering them at its default, say) would orphan the
+    committed leaderboard: every record under results/<suite>/ must be a run its suite expands to."""
+    from qatbench.runner import api
+
+    checked = 0
+    for folder in sorted(p for p in (ROOT / "results").iterdir() if (ROOT / "suites" / f"{p.name}.yaml").exists()):
+        specs = api.expand(api.load_suite(ROOT / "suites" / f"{folder.name}.yaml"))
+        ids = {s.run_id for s in specs} | {s.parent.run_id for s in specs if s.parent}
+        records = [json.loads(p.read_text()) for p in folder.glob("*/record.json")]
+        orphans = [r["run_id"] for r in records if r["run_id"] not in ids]
+        assert not orphans, f"{folder.name}: {len(orphans)} of {len(records)} records are no run of the suite"
+        checked += len(records)
+    assert checked >= 100  # the committed leaderboards' records

@@ -150,13 +150,15 @@ def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
-LATE_MODEL_OPTIONS = {"freeze_bn": False}  # options every model gained after runs were finished: their defaults
+# options models gained after runs were finished, with their defaults: at the default they stay out of
+# the id (efficientnet_lite's input_size came after the pacs64_lite0 records)
+LATE_MODEL_OPTIONS = {"freeze_bn": False, "input_size": None}
 
 
 def _without_folders(options: Mapping[str, Any]) -> dict[str, Any]:
     """A weights file named by path enters the id by its file name only: moving a folder must
     not orphan finished runs (torchvision's file names carry a hash of their content). An option
-    every model gained later enters only when it is not its default, so finished runs keep their ids."""
+    a model gained later enters only when it is not its default, so finished runs keep their ids."""
     return {
         key: (PurePath(value).name if key == "pretrained" and isinstance(value, str) else value)
         for key, value in options.items()
