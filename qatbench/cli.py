@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from qatbench.errors import UserError, allowed_list, did_you_mean, excerpt
 
@@ -300,42 +299,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     committed = leaderboard.committed_records(records, results) if board else None
     grids = _suite_grids(root, set(committed["suite"]) if committed is not None and len(committed) else set())
 
-    built: dict[str, tuple[Any, Any]] = {}  # one build of the tables serves .md, .tex and the figures
-
-    def once(records, name: str, make):
-        """`make()` once per records object (held, so its id is never another's)."""
-        if name not in built or built[name][0] is not records:
-            built[name] = (records, make())
-        return built[name][1]
-
-    def figure_tables(records):
-        return once(records, "tables", lambda: _tables(args, records))
-
-    def render(records, fmt):
-        with_claims = claims if board else None
-        if records.empty or "status" not in records:
-            text = report.render(records, fmt)
-        else:
-            tables = once(
-                records,
-                "text",
-                lambda: report.report_tables(records, args.selection, references, args.baseline, with_claims),
-            )
-            text = report.format_report(tables, records, fmt)
-        text += report.render_pending(*grids, records, fmt) if grids else ""
-        text += report.render_regenerated(records, fmt)
-        if board:
+    def renderer(records, figure_tables=None):
+        """`render(fmt)` of `records`: the report's tables, and on the leaderboard its figure plan
+        (from `figure_tables`), are built once here and serve .md and .tex alike."""
+        tables = None
+        if not (records.empty or "status" not in records):
+            with_claims = claims if board else None
+            tables = report.report_tables(records, args.selection, references, args.baseline, with_claims)
+        plan = None
+        if figure_tables is not None:
             from qatbench.report.figures import figure_folder, planned_figures
 
-            plan = once(records, "plan", lambda: planned_figures(figure_tables(records), records))
-            text += leaderboard.figure_links(plan, figure_folder, fmt)
-        return text
+            plan = planned_figures(figure_tables, records)
+
+        def render(fmt):
+            text = report.render(records, fmt) if tables is None else report.format_report(tables, records, fmt)
+            text += report.render_pending(*grids, records, fmt) if grids else ""
+            text += report.render_regenerated(records, fmt)
+            if plan is not None:
+                text += leaderboard.figure_links(plan, figure_folder, fmt)
+            return text
+
+        return render
 
     if args.claims and not board:
         return _report_claims(args, records, claims)
     if board:
         out = Path(args.out or "reports")
-        texts = leaderboard.leaderboard_texts(committed, results, render)
+        figure_tables = _tables(args, committed)  # one build for the figures and the leaderboard's links to them
+        texts = leaderboard.leaderboard_texts(committed, results, renderer(committed, figure_tables))
         if args.check:
             problems = leaderboard.stale(texts, out)
             print("\n".join(problems) if problems else f"{out}/{leaderboard.NAME}.md and .tex match the records")
@@ -343,13 +335,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         try:
             paths = leaderboard.write(texts, out)
             figures = leaderboard.write_figures(
-                lambda folder: _draw_main_figures(figure_tables(committed), committed, folder), out
+                lambda folder: _draw_main_figures(figure_tables, committed, folder), out
             )
         except OSError as exc:
             raise UserError(f"--out {out}: cannot write the leaderboard: {exc.strerror or exc}") from None
         print(f"wrote {', '.join(str(p) for p in paths)} and {len(figures)} figure files under {out / leaderboard.FIGURES}")
         return 0
-    text = render(records, args.format)
+    text = renderer(records)(args.format)
     if args.out:
         _write_text(args, "report", text)
         if not args.no_figures:

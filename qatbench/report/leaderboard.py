@@ -90,10 +90,10 @@ def footer(records: pd.DataFrame, results: Path, comment: str = "") -> str:
 
 
 def leaderboard_texts(records: pd.DataFrame, results: Path, render) -> dict[str, str]:
-    """{'md': ..., 'tex': ...}; `render(records, format)` makes the body (the report's own tables)."""
+    """{'md': ..., 'tex': ...}; `render(format)` makes the body (the report's own tables of `records`)."""
     texts = {}
     for fmt, suffix in FORMATS.items():
-        body = render(records, fmt)
+        body = render(fmt)
         comment = "% " if fmt == "latex" else ""
         header = HEADER.format(results=shown_path(results))
         if fmt == "latex":
