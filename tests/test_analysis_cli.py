@@ -4,6 +4,7 @@ checkpoint, end to end as a user types them; bad input is one line and exit code
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def test_eval_of_a_plain_state_dict_with_named_architecture(analysed, tmp_path):
     assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("*/*/record.json"))
 
 
-def test_analyze_refuses_a_subset_larger_than_the_data_and_writes_nothing(analysed, tmp_path, capsys):
+def test_analyze_refuses_a_subset_larger_than_the_data_and_writes_nothing(analysed, tmp_path, capsys, caplog):
     results = tmp_path / "results"
     shutil.copytree(analysed / "results", results)
     run = next(iter(_records(results).values()))
@@ -162,10 +163,11 @@ def test_analyze_refuses_a_subset_larger_than_the_data_and_writes_nothing(analys
     assert main(["analyze", str(folder), "--set", "analysis.subset=1000000"]) == 2  # in process: main, as the CLI
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1000000 examples is asked" in err and "holds" in err, err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # in process, logs go to caplog
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
-def test_analyze_refuses_a_non_finite_loss_and_writes_nothing(analysed, tmp_path, capsys):
+def test_analyze_refuses_a_non_finite_loss_and_writes_nothing(analysed, tmp_path, capsys, caplog):
     results = tmp_path / "results"
     shutil.copytree(analysed / "results", results)
     run = _records(results)[("erm", 0)]
@@ -177,6 +179,7 @@ def test_analyze_refuses_a_non_finite_loss_and_writes_nothing(analysed, tmp_path
     assert main(["analyze", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not finite" in err and "nothing was analysed" in err, err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 

@@ -205,15 +205,17 @@ def test_an_image_size_lite0_cannot_take_fails_in_a_fresh_cli_process(tmp_path):
 
 
 def test_input_size_upsamples_small_images_inside_the_network():
-    """PACS-64 seen at 224 px: a 28 px image goes through as its bilinear upsampling to 64 px would,
-    and an image already at input_size goes through untouched."""
+    """PACS-64 seen at 224 px: a 28 px RGB image goes through as its bilinear upsampling to 64 px
+    would (the resize sits before the fixed per-channel rescaling, which commutes with it), and an
+    image already at input_size goes through untouched."""
     torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", (1, 28, 28), 10, {"input_size": 64}).eval()
-    small = torch.rand(2, 1, 28, 28)
+    model = build_model("efficientnet_lite0", (3, 28, 28), 10, {"input_size": 64}).eval()
+    assert not torch.equal(model.input_scale, torch.ones_like(model.input_scale))  # the RGB rescaling is on
+    small = torch.rand(2, 3, 28, 28)
     upsampled = torch.nn.functional.interpolate(small, size=(64, 64), mode="bilinear", align_corners=False)
     with torch.no_grad():
         assert torch.allclose(model(small), model(upsampled), atol=1e-6)
-        plain = build_model("efficientnet_lite0", (1, 64, 64), 10, {}).eval()
+        plain = build_model("efficientnet_lite0", (3, 64, 64), 10, {}).eval()
         plain.load_state_dict(model.state_dict())
         assert torch.allclose(plain(upsampled), model(upsampled), atol=1e-6)
         assert not torch.allclose(plain(upsampled), model(upsampled.flip(-1)), atol=1e-3)

@@ -6,6 +6,7 @@ trained by exactly one worker. The plain runs are the reference, trained in this
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -27,7 +28,7 @@ methods:
   - {name: erm, hparams: {lr: 0.05}}
   - {name: lsq, steps: 24}
 bits: [W4A4]
-seeds: [0]
+seeds: [0, 1]
 training: {steps: 24, batch_size: 32, eval_every: 24, eval_batch_size: 1024, checkpoint_every: 8}
 """
 TIMES = ("wall_time_s", "step_time_s", "time_s")  # measured, not computed: they differ run to run
@@ -47,8 +48,11 @@ def numbers(results) -> dict[str, dict[str, float]]:
 
 
 def plain_run(suite, results) -> dict[str, dict[str, float]]:
-    """The suite trained by a plain `run` in this process: the numbers every launcher must write."""
-    assert main(["run", str(suite), "--results", str(results), "--quiet"]) == 0
+    """The suite trained by a plain `run` in this process: the numbers every launcher must write
+    (without $QATBENCH_DATA, as run_cli starts the launchers' interpreters)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("QATBENCH_DATA", raising=False)
+        assert main(["run", str(suite), "--results", str(results), "--quiet"]) == 0
     return numbers(results)
 
 
@@ -56,6 +60,11 @@ def plain_run(suite, results) -> dict[str, dict[str, float]]:
 def plain(tmp_path_factory) -> dict[str, dict[str, float]]:
     folder = tmp_path_factory.mktemp("plain")
     return plain_run(write_suite(folder, SUITE), folder / "results")
+
+
+def no_warnings(caplog) -> None:
+    """In process, log records go to caplog rather than stderr: a one-line error must come alone."""
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def trained_once_each(out: str, runs: int, results) -> None:
@@ -67,24 +76,26 @@ def trained_once_each(out: str, runs: int, results) -> None:
     assert len(records) == runs == len({r["run_id"] for r in records}) and {r["status"] for r in records} == {"done"}
 
 
-def test_workers_and_a_plain_run_write_the_same_numbers(tmp_path, plain, capsys):
+def test_workers_and_a_plain_run_write_the_same_numbers(tmp_path, plain, capsys, caplog):
     suite = write_suite(tmp_path, SUITE)
     workers = run_cli("run", str(suite), "--results", str(tmp_path / "workers"), "--workers", "2")
     assert workers.returncode == 0, workers.stderr
-    trained_once_each(workers.stdout, 2, tmp_path / "workers")
+    trained_once_each(workers.stdout, 4, tmp_path / "workers")  # 4 runs, 2 workers: the queue is shared
     ours = numbers(tmp_path / "workers")
-    assert len(ours) == 2 and ours.keys() == plain.keys()
+    assert len(ours) == 4 and ours.keys() == plain.keys()
     for run_id, record in plain.items():
         assert record["threads"] == 1 and any(k.endswith("_acc") for k in record)
         assert ours[run_id] == record  # every accuracy, loss and count, bit for bit
     assert main(["run", str(suite), "--results", str(tmp_path / "workers"), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--workers" in err, err
+    no_warnings(caplog)
 
 
 @pytest.mark.slow
 def test_a_killed_workers_sweep_finished_by_a_plain_run_has_the_uninterrupted_numbers(tmp_path):
     suite = write_suite(tmp_path, SUITE.replace("steps: 24", "steps: 100").replace("eval_every: 24", "eval_every: 200")
+                        .replace("seeds: [0, 1]", "seeds: [0]")
                         .replace("checkpoint_every: 8", "checkpoint_every: 25"))
     env = {**os.environ, "QATBENCH_QUIET": "1"}
     command = [sys.executable, "-m", "qatbench.cli", "run", str(suite), "--results", str(tmp_path / "killed")]
@@ -108,15 +119,17 @@ def test_a_killed_workers_sweep_finished_by_a_plain_run_has_the_uninterrupted_nu
 
 
 @pytest.mark.slow
-def test_slurm_array_tasks_and_a_plain_run_write_the_same_numbers(tmp_path, plain, capsys):
+def test_slurm_array_tasks_and_a_plain_run_write_the_same_numbers(tmp_path, plain, capsys, caplog):
     suite = write_suite(tmp_path, SUITE + "slurm: {cluster: local, tasks: 2, cpus_per_task: 1, gpus_per_task: 0}\n")
     slurm = run_cli("run", str(suite), "--results", str(tmp_path / "slurm"), "--launcher", "slurm")
     assert slurm.returncode == 0, slurm.stderr
-    trained_once_each(slurm.stdout, 2, tmp_path / "slurm")  # submitit's local executor ran the array's two tasks
+    trained_once_each(slurm.stdout, 4, tmp_path / "slurm")  # submitit's local executor ran the array's two tasks
     assert list((tmp_path / "slurm" / "launch" / ".slurm").iterdir())  # submitit's job folders: the real path
     assert numbers(tmp_path / "slurm") == plain
     assert main(["run", str(suite), "--results", str(tmp_path / "slurm"), "--launcher", "pbs"]) == 2
-    assert "--launcher: unknown launcher 'pbs'; allowed: local, slurm" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--launcher: unknown launcher 'pbs'; allowed: local, slurm" in err
+    no_warnings(caplog)
 
 
 def test_sigterm_to_a_workers_sweep_stops_its_workers_too(tmp_path):
