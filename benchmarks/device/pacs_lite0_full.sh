@@ -10,7 +10,7 @@ set -u
 start=$(date +%s); budget=${1:-480}; workers=${2:-2}; out=${OUT:-/tmp/out}; results=${RESULTS:-results}; mkdir -p "$out"
 [ -n "${SKIP_WHEELS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 QATBENCH_DATA=$PWD/data QATBENCH_QUIET=1
-qatbench() { python3 -c "import sys; from qatbench.cli import main; sys.exit(main(sys.argv[1:]))" "$@"; }
+qatbench=(python3 -c "import sys; from qatbench.cli import main; sys.exit(main(sys.argv[1:]))")  # not installed there
 args=(suites/pacs_lite0_full.yaml --set 'datasets[0].test_envs=[sketch]' --set 'seeds=[0]' --set 'bits=[W4A4]'
       --only erm,lsq,gaqat,qtdog --results "$results" "${@:3}")
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
@@ -26,12 +26,12 @@ for _ in range(100): augment(image)
 print(f"DomainBed augmentation at 224 px, one core: {(time.perf_counter() - t) * 10:.2f} ms per image")
 PY
 } > "$out/env.txt" 2>&1; cat "$out/env.txt"
-qatbench run "${args[@]}" --dry-run || exit 3
+"${qatbench[@]}" run "${args[@]}" --dry-run || exit 3
 nvidia-smi dmon -s um -d 15 > "$out/dmon.txt" 2>&1 &
 ( while sleep 30; do echo "t=$(( $(date +%s) - start ))s load $(cut -d' ' -f1 /proc/loadavg)" \
     $(for c in "$results"/pacs_lite0_full/*/curve.jsonl; do [ -f "$c" ] && echo "$(basename $(dirname $c)):$(wc -l < $c)"; done); done ) > "$out/progress.txt" &
 left=$(( budget - ($(date +%s) - start) )); [ "$left" -gt 0 ] || { echo "no time left to train"; exit 3; }
-timeout -s TERM "$left" python3 -c "import sys; from qatbench.cli import main; sys.exit(main(sys.argv[1:]))" run "${args[@]}" --workers "$workers" > "$out/run.log" 2>&1
+timeout -s TERM "$left" "${qatbench[@]}" run "${args[@]}" --workers "$workers" > "$out/run.log" 2>&1
 echo "qatbench run exit $? at t=$(( $(date +%s) - start ))s" | tee -a "$out/progress.txt"
 kill %1 %2 2>/dev/null
 tar czf "$out/records.tgz" --exclude='*.pt' --exclude='.lock' --exclude='heartbeat' --exclude='resume.*' -C "$results" pacs_lite0_full
