@@ -20,6 +20,7 @@ from qatbench.quant import (
     lsq_quantize,
     quantize_model,
     quantizers,
+    round_ste,
 )
 
 # the small CNN's Conv2d/Linear layers by their Sequential index: stem, three middle convs, classifier
@@ -140,6 +141,40 @@ def test_lsq_input_gradient_is_straight_through_inside_range_and_zero_outside(ca
     torch.testing.assert_close(grad, torch.tensor(dvhat_dv, dtype=torch.float64))
 
 
+
+
+def test_a_collapsed_step_gets_lsqs_finite_gradient_not_nan():
+    """A per-channel step of a dead depthwise channel (weights ~1e-7) that SGD drove below ~1e-23:
+    the plain formula's gradient was 0 * inf = NaN (fpq on PACS art_painting diverged from it)."""
+    v = torch.tensor([1e-7, 0.0, -3e-8], requires_grad=True)
+    for collapsed in (1e-25, 1e-35):  # above the floor at float32 tiny, which passes no gradient
+        step = torch.tensor(collapsed, requires_grad=True)
+        out = lsq_quantize(v, step, 8.0, 7.0, 0.1)
+        step_grad, v_grad = torch.autograd.grad(out.sum(), (step, v))
+        assert torch.equal(step_grad, torch.tensor(0.1 * (7.0 + 0.0 - 8.0)))  # Eq. 3: Q_P, 0, -Q_N
+        assert torch.equal(v_grad, torch.tensor([0.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_lsq_quantize_is_bit_identical_to_the_plain_formula_at_ordinary_steps(symmetric):
+    """The NaN guard changes nothing else: values and both gradients equal, bit for bit, those of
+    round_ste(clamp(v / s, -Q_N, Q_P)) * s on per-channel conv weights (asymmetric: per-channel bounds)."""
+    torch.manual_seed(0)
+    weight = torch.randn(8, 3, 3, 3)
+    step0 = weight.abs().amax(dim=(1, 2, 3), keepdim=True) / 5  # clips the largest entries of each channel
+    q_n = torch.full((8, 1, 1, 1), 8.0) if symmetric else torch.randint(0, 15, (8, 1, 1, 1)).float()
+    q_p = 15.0 - q_n
+    results = []
+    for formula in ("guarded", "plain"):
+        v, step = weight.clone().requires_grad_(), step0.clone().requires_grad_()
+        if formula == "guarded":
+            out = lsq_quantize(v, step, q_n, q_p, 1.0)
+        else:
+            out = round_ste(torch.clamp(v / step, -q_n, q_p)) * step
+        out.mul(torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), v.grad, step.grad))
+    for guarded, plain in zip(*results, strict=True):
+        assert torch.equal(guarded, plain)
 # --- LsqQuantizer: initialisation and gradient-scale count ------------------------------------------
 
 # a (2, 1, 2, 2) weight; mean |w| = 1.25 overall, 2.0 in channel 0 and 0.5 in channel 1

@@ -54,10 +54,20 @@ def step_magnitude(step: torch.Tensor, g: float, dtype: torch.dtype) -> torch.Te
 def lsq_quantize(
     v: torch.Tensor, step: torch.Tensor, q_n: float | torch.Tensor, q_p: float | torch.Tensor, g: float
 ) -> torch.Tensor:
-    """Fake-quantize `v` with step size `step` (broadcastable to v) onto {-q_n, ..., q_p} * |step|."""
+    """Fake-quantize `v` with step size `step` (broadcastable to v) onto {-q_n, ..., q_p} * |step|.
+
+    The same values and gradients as `round_ste(clamp(v / step, -q_n, q_p)) * step`, except that an
+    entry clipped to the range divides by 1 rather than by the step: its gradient is 0 either way,
+    but autograd forms it as 0 * (v / s) / s, which is 0 * inf = NaN once a step falls below
+    ~sqrt(|v| / 3.4e38), as the step of an ImageNet Lite0 depthwise channel whose weights are ~1e-7
+    does under SGD (fpq on PACS art_painting: NaN at update 564, both seeds that ran).
+    """
     step = step_magnitude(step, g, v.dtype)
-    v_bar = round_ste(torch.clamp(v / step, -q_n, q_p))
-    return v_bar * step
+    with torch.no_grad():
+        ratio = v / step
+        inside = (ratio >= -q_n) & (ratio <= q_p)
+    scaled = torch.where(inside, v / torch.where(inside, step, 1.0), ratio.clamp(-q_n, q_p))
+    return round_ste(scaled) * step
 
 
 def levels(bits: int, signed: bool) -> tuple[float, float]:
