@@ -119,7 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--test-envs", default=None, help="test environments: indices or names, comma-separated")
     evaluate.add_argument("--model", help="architecture (default: the one in the record beside a qatbench model.pt)")
     evaluate.add_argument("--bits", default=None, help="W4A4 etc. for a plain quantized state_dict (default: FP)")
-    evaluate.add_argument("--suite", help="take `analysis:`, quant and data settings from this suite file")
+    evaluate.add_argument(
+        "--suite",
+        help="take `analysis:`, quant and training settings from this suite file; for a plain state_dict, "
+        "also its model's and dataset's options",
+    )
     evaluate.add_argument("--name", default="eval", help="suite name the run is filed under (default: eval)")
     evaluate.add_argument("--results", default="results", help="results folder (default: results)")
     _common(evaluate)
@@ -339,7 +343,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             )
         except OSError as exc:
             raise UserError(f"--out {out}: cannot write the leaderboard: {exc.strerror or exc}") from None
-        print(f"wrote {', '.join(str(p) for p in paths)} and {len(figures)} figure files under {out / leaderboard.FIGURES}")
+        written = ", ".join(str(p) for p in paths)
+        print(f"wrote {written} and {len(figures)} figure files under {out / leaderboard.FIGURES}")
         return 0
     text = renderer(records)(args.format)
     if args.out:

@@ -152,6 +152,13 @@ def test_eval_of_a_plain_state_dict_with_named_architecture(analysed, tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "weights.pt: does not fit the architecture" in out.stderr and "shape mismatches" in out.stderr
     assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("*/*/record.json"))
+    # --suite brings the suite's options of that model (width 8): the run's own accuracies
+    suite = write_suite(tmp_path, TINY_SUITE, "tiny.yaml")
+    argv = ["eval", str(plain), "--dataset", "RotatedMNIST", "--test-envs", "0", "--model", "small_cnn"]
+    assert main([*argv, "--suite", str(suite), "--results", str(tmp_path / "r"), "--quiet"]) == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("eval/*/record.json")]
+    assert record["model_options.width"] == 8
+    assert (record["id_acc"], record["ood_acc"]) == pytest.approx((erm["id_acc"], erm["ood_acc"]), abs=1e-9)
 
 
 def test_analyze_refuses_a_subset_larger_than_the_data_and_writes_nothing(analysed, tmp_path, capsys, caplog):

@@ -141,8 +141,6 @@ def test_lsq_input_gradient_is_straight_through_inside_range_and_zero_outside(ca
     torch.testing.assert_close(grad, torch.tensor(dvhat_dv, dtype=torch.float64))
 
 
-
-
 def test_a_collapsed_step_gets_lsqs_finite_gradient_not_nan():
     """A per-channel step of a dead depthwise channel (weights ~1e-7) that SGD drove below ~1e-23:
     the plain formula's gradient was 0 * inf = NaN (fpq on PACS art_painting diverged from it)."""
@@ -175,6 +173,8 @@ def test_lsq_quantize_is_bit_identical_to_the_plain_formula_at_ordinary_steps(sy
         results.append((out.detach(), v.grad, step.grad))
     for guarded, plain in zip(*results, strict=True):
         assert torch.equal(guarded, plain)
+
+
 # --- LsqQuantizer: initialisation and gradient-scale count ------------------------------------------
 
 # a (2, 1, 2, 2) weight; mean |w| = 1.25 overall, 2.0 in channel 0 and 0.5 in channel 1

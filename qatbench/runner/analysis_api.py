@@ -128,6 +128,11 @@ def _env_item(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+def _entry_options(entries, name: str) -> dict[str, Any]:
+    """The options of the suite's first model or dataset entry called `name`; none when it has none."""
+    return next((dict(entry.options) for entry in entries if entry.name == name), {})
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
@@ -163,6 +168,9 @@ def evaluate_checkpoint(
     if suite is not None:
         loaded = load_suite(suite)
         raw.update(quant=loaded.quant.model_dump(), training=loaded.training.model_dump(), data_root=loaded.data_root)
+        if record is None:  # a plain state_dict: the suite's options of its model and dataset
+            raw["models"][0]["options"] = _entry_options(loaded.models, model)
+            raw["datasets"][0]["options"] = _entry_options(loaded.datasets, dataset)
         if analysis is None and loaded.analysis is not None:
             analysis = loaded.analysis
     if analysis is not None:
