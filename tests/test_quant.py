@@ -20,7 +20,6 @@ from qatbench.quant import (
     lsq_quantize,
     quantize_model,
     quantizers,
-    round_ste,
 )
 
 # the small CNN's Conv2d/Linear layers by their Sequential index: stem, three middle convs, classifier
@@ -106,6 +105,15 @@ GRADIENT_CASES = {
         [-8.0, -8.0, -0.4, 0.4, 0.4, 0.2, -0.2, 0.2, 7.0],
         [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
     ),
+    "on_the_bounds": (
+        # v/s = -8 and 7, exactly Q_N and Q_P: clipped (Eq. 3 and its STE: inside is -Q_N < v/s < Q_P)
+        [-4.0, 3.5, 1.2],
+        0.5,
+        8.0,
+        7.0,
+        [-8.0, 7.0, -0.4],
+        [0.0, 0.0, 1.0],
+    ),
     "unsigned_2bit": (
         # v/s = -1 (below) | 0.3, 1.6, 2.2 (inside) | 5 (above)
         [-1.0, 0.3, 1.6, 2.2, 5.0],
@@ -153,26 +161,31 @@ def test_a_collapsed_step_gets_lsqs_finite_gradient_not_nan():
         assert torch.equal(v_grad, torch.tensor([0.0, 1.0, 0.0]))
 
 
+@pytest.mark.parametrize("divisor", [7, 9])  # 7: each channel's largest |w| sits on a bound; 9: clipped
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_lsq_quantize_is_bit_identical_to_the_plain_formula_at_ordinary_steps(symmetric):
-    """The NaN guard changes nothing else: values and both gradients equal, bit for bit, those of
-    round_ste(clamp(v / s, -Q_N, Q_P)) * s on per-channel conv weights (asymmetric: per-channel bounds)."""
+def test_lsq_quantize_is_eq3_on_per_channel_weights(symmetric, divisor):
+    """Away from collapsed steps the NaN guard changes nothing: the values of round(clamp(v/s)) * s
+    bit for bit, the STE's gradient for v, and Eq. 3's for each channel's step, on conv weights with
+    per-channel steps (asymmetric: per-channel bounds from a zero point). Not compared with autograd
+    through torch.clamp: torch 2.14 gives an entry on a bound no gradient for number bounds, half of
+    it for tensor bounds."""
     torch.manual_seed(0)
     weight = torch.randn(8, 3, 3, 3)
-    step0 = weight.abs().amax(dim=(1, 2, 3), keepdim=True) / 5  # clips the largest entries of each channel
+    step0 = weight.abs().amax(dim=(1, 2, 3), keepdim=True) / divisor
     q_n = torch.full((8, 1, 1, 1), 8.0) if symmetric else torch.randint(0, 15, (8, 1, 1, 1)).float()
     q_p = 15.0 - q_n
-    results = []
-    for formula in ("guarded", "plain"):
-        v, step = weight.clone().requires_grad_(), step0.clone().requires_grad_()
-        if formula == "guarded":
-            out = lsq_quantize(v, step, q_n, q_p, 1.0)
-        else:
-            out = round_ste(torch.clamp(v / step, -q_n, q_p)) * step
-        out.mul(torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append((out.detach(), v.grad, step.grad))
-    for guarded, plain in zip(*results, strict=True):
-        assert torch.equal(guarded, plain)
+    v, step = weight.clone().requires_grad_(), step0.clone().requires_grad_()
+    out = lsq_quantize(v, step, q_n, q_p, 1.0)
+    upstream = torch.linspace(-1, 1, out.numel()).view_as(out)
+    out.mul(upstream).sum().backward()
+
+    ratio = weight / step0
+    inside = (ratio > -q_n) & (ratio < q_p)
+    assert not inside.all()  # entries on (divisor 7) or beyond (9) a bound are part of the check
+    assert torch.equal(out.detach(), torch.round(torch.clamp(ratio, -q_n, q_p)) * step0)
+    torch.testing.assert_close(v.grad, upstream * inside)  # (upstream * s) / s: equal up to rounding
+    per_entry = torch.where(inside, torch.round(ratio) - ratio, torch.where(ratio <= -q_n, -q_n, q_p))
+    torch.testing.assert_close(step.grad, (upstream * per_entry).sum(dim=(1, 2, 3), keepdim=True))
 
 
 # --- LsqQuantizer: initialisation and gradient-scale count ------------------------------------------

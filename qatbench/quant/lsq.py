@@ -54,18 +54,26 @@ def step_magnitude(step: torch.Tensor, g: float, dtype: torch.dtype) -> torch.Te
 def lsq_quantize(
     v: torch.Tensor, step: torch.Tensor, q_n: float | torch.Tensor, q_p: float | torch.Tensor, g: float
 ) -> torch.Tensor:
-    """Fake-quantize `v` with step size `step` (broadcastable to v) onto {-q_n, ..., q_p} * |step|.
+    """Fake-quantize `v` with step size `step` (broadcastable to v) onto {-q_n, ..., q_p} * |step|."""
+    return on_grid(v, step_magnitude(step, g, v.dtype), q_n, q_p)
 
-    The same values and gradients as `round_ste(clamp(v / step, -q_n, q_p)) * step`, except that an
-    entry clipped to the range divides by 1 rather than by the step: its gradient is 0 either way,
-    but autograd forms it as 0 * (v / s) / s, which is 0 * inf = NaN once a step falls below
-    ~sqrt(|v| / 3.4e38), as the step of an ImageNet Lite0 depthwise channel whose weights are ~1e-7
-    does under SGD (fpq on PACS art_painting: NaN at update 564, both seeds that ran).
+
+def on_grid(
+    v: torch.Tensor, step: torch.Tensor, q_n: float | torch.Tensor, q_p: float | torch.Tensor
+) -> torch.Tensor:
+    """round(clip(v / s, -q_n, q_p)) * s for a step magnitude s > 0, with LSQ's gradients (Eq. 3):
+    an entry strictly inside the range passes its gradient to v and gives s round(v/s) - v/s; one on
+    or beyond a bound gives v nothing and s its bound.
+
+    A clipped entry divides by 1 rather than by s. Its gradient is 0 either way, but autograd forms
+    it as 0 * (v / s) / s, which is 0 * inf = NaN once s falls below ~sqrt(|v| / 3.4e38), as the step
+    of an ImageNet Lite0 depthwise channel whose weights are ~1e-7 does under SGD (fpq on PACS
+    art_painting: NaN at update 563-565, both seeds that ran). An entry inside the range can still
+    overflow, but only for s within a few units of float32's smallest normal and |v| <= q_p s.
     """
-    step = step_magnitude(step, g, v.dtype)
     with torch.no_grad():
         ratio = v / step
-        inside = (ratio >= -q_n) & (ratio <= q_p)
+        inside = (ratio > -q_n) & (ratio < q_p)
     scaled = torch.where(inside, v / torch.where(inside, step, 1.0), ratio.clamp(-q_n, q_p))
     return round_ste(scaled) * step
 

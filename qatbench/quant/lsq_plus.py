@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from qatbench.quant.base import FakeQuantizer, Kind
-from qatbench.quant.lsq import grad_scale, levels, lsq_quantize, round_ste, step_magnitude
+from qatbench.quant.lsq import grad_scale, levels, lsq_quantize, on_grid, step_magnitude
 
 
 class LsqPlusQuantizer(FakeQuantizer):
@@ -63,7 +63,7 @@ class LsqPlusQuantizer(FakeQuantizer):
             return lsq_quantize(x, step, self.q_n, self.q_p, 1.0 / math.sqrt(x.numel() * self.q_p))
         g = 1.0 / math.sqrt(x[0].numel() * self.q_p)
         step, offset = step_magnitude(self.step, g, x.dtype), grad_scale(self.offset, g)
-        return round_ste(torch.clamp((x - offset) / step, -self.q_n, self.q_p)) * step + offset
+        return on_grid(x - offset, step, self.q_n, self.q_p) + offset
 
     def extra_repr(self) -> str:
         offset = ", offset" if self.offset is not None else ""

@@ -170,6 +170,7 @@ def evaluate_checkpoint(
         raw.update(quant=loaded.quant.model_dump(), training=loaded.training.model_dump(), data_root=loaded.data_root)
         if record is None:  # a plain state_dict: the suite's options of its model and dataset
             raw["models"][0]["options"] = _entry_options(loaded.models, model)
+        if record is None or record["dataset"] != dataset:
             raw["datasets"][0]["options"] = _entry_options(loaded.datasets, dataset)
         if analysis is None and loaded.analysis is not None:
             analysis = loaded.analysis
